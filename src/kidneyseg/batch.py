@@ -1,0 +1,101 @@
+"""Folder runs: predict many inputs safely, and score a prediction folder against ground truth."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from kidneyseg import io
+from kidneyseg.errors import InvalidInputError, KidneysegError, PartialFailureError, ResourceError
+
+
+@dataclass
+class PredictSummary:
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def describe(self) -> str:
+        lines = [f"predicted {len(self.written)}, skipped {len(self.skipped)} (exist; use --overwrite), "
+                 f"failed {len(self.failed)} in {self.seconds:.1f} s"]
+        lines += [f"  FAILED {case}: {why}" for case, why in self.failed.items()]
+        return "\n".join(lines)
+
+    def exit_code(self) -> int:
+        return PartialFailureError.exit_code if self.failed else 0
+
+
+def find_inputs(path: Path) -> list[tuple[str, Path]]:
+    """(case_id, CT path) pairs: a file; a DICOM folder; a KiTS folder; or a folder of .nii(.gz) files."""
+    if path.is_file():
+        return [(_case_id(path), path)]
+    if not path.is_dir():
+        raise InvalidInputError("input not found", path)
+    case_dirs = sorted(p for p in path.iterdir() if p.is_dir() and p.name.startswith("case_"))
+    if case_dirs:
+        return [(c.case_id, c.image) for c in io.layout.kits_cases(path, need_labels=False)]
+    files = sorted(p for p in path.iterdir() if p.is_file() and io.is_nifti_path(p))
+    if files:
+        return [(_case_id(p), p) for p in files]
+    return [(path.name, path)]  # a DICOM series folder
+
+
+def _case_id(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def predict_inputs(inputs: Path, out_dir: Path, model_dir: Path, *, overwrite: bool = False, tta: bool = False,
+                   device: str = "cpu", progress: bool = True) -> PredictSummary:
+    """Segment every input into ``out_dir/<case_id>.nii.gz``. One bad case is reported and the
+    others still run; existing outputs are skipped unless ``overwrite``."""
+    from kidneyseg.inference import load_model_dir, segment
+
+    todo = find_inputs(Path(inputs))
+    model = load_model_dir(model_dir, device=device, tta_flips=tta)
+    summary, start = PredictSummary(), time.perf_counter()
+    out_dir = Path(out_dir)
+    for case_id, path in tqdm(todo, desc="predict", unit="case", disable=not progress or len(todo) < 2):
+        target = out_dir / f"{case_id}.nii.gz"
+        if target.exists() and not overwrite:
+            summary.skipped.append(case_id)
+            continue
+        try:
+            segment(path, model).save(target)
+            summary.written.append(case_id)
+        except ResourceError:
+            raise
+        except KidneysegError as exc:
+            summary.failed[case_id] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - one broken case must not stop the folder run
+            summary.failed[case_id] = f"{path}: unexpected {type(exc).__name__}: {exc}"
+            traceback.print_exc()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def evaluate_folders(pred_dir: Path, gt_dir: Path, out_dir: Path) -> tuple[dict[str, dict[str, float]], tuple]:
+    """Score ``pred_dir/<case_id>.nii.gz`` against ``gt_dir/<case_id>/segmentation.nii.gz``."""
+    from kidneyseg.evaluation import case_scores, write_results
+
+    cases = io.layout.kits_cases(gt_dir, need_images=False)
+    missing = [c.case_id for c in cases if not (Path(pred_dir) / f"{c.case_id}.nii.gz").exists()]
+    if missing:
+        raise InvalidInputError(f"no prediction for {len(missing)} of {len(cases)} cases: {', '.join(missing[:10])}",
+                                pred_dir)
+    per_case = {}
+    for case in tqdm(cases, desc="evaluate", unit="case", disable=len(cases) < 2):
+        pred = io.load_label_map(Path(pred_dir) / f"{case.case_id}.nii.gz")
+        truth = io.load_label_map(case.label)
+        io.check_same_grid(truth.file_affine, truth.file_shape, pred.file_affine, pred.file_shape,
+                           case.label, pred.path)
+        per_case[case.case_id] = case_scores(pred.array, truth.array)
+    return per_case, write_results(per_case, Path(out_dir))

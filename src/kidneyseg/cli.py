@@ -1,0 +1,150 @@
+"""Command line: parse -> settings -> one library call. ``kidneyseg --help`` lists the commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from kidneyseg.errors import KidneysegError, UsageError
+
+EPILOG = ("exit codes: 0 ok, 2 usage, 3 invalid input, 4 bad model file, 5 resource/I-O failure, "
+          "6 training diverged (NaN/Inf loss), 7 some cases of a folder run failed")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kidneyseg", epilog=EPILOG,
+                                     description="Two-stage 3D U-Net segmentation of kidneys and kidney tumours in CT.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="write procedural phantom CTs in the KiTS layout", epilog=EPILOG)
+    p.add_argument("out", type=Path, help="output folder (case_XXXXX/imaging.nii.gz, segmentation.nii.gz)")
+    p.add_argument("--cases", type=int, default=10, help="number of cases (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; case i depends only on (seed, i)")
+
+    p = sub.add_parser("train", help="train one stage on a KiTS-layout dataset", epilog=EPILOG)
+    p.add_argument("data", type=Path, help="dataset folder (case_XXXXX/imaging.nii.gz, segmentation.nii.gz)")
+    p.add_argument("--stage", choices=("localizer", "segmenter"), required=True)
+    p.add_argument("--preset", default="paper", help="settings preset: paper (GPU), small (CPU), tiny (demo)")
+    p.add_argument("--out", type=Path, required=True, help="model directory (the stage goes into OUT/<stage>/)")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT/<stage> where it stopped")
+    p.add_argument("--overwrite", action="store_true", help="discard an existing run in OUT/<stage>")
+    p.add_argument("--epochs", type=int, help="override the preset's number of epochs")
+    p.add_argument("--minutes", type=float, help="override the preset's training time limit (0 = none)")
+    p.add_argument("--seed", type=int, help="override the preset's seed")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any stage setting, e.g. --set lr=1e-3 --set network.base_filters=8")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+
+    p = sub.add_parser("predict", help="segment a CT file, DICOM folder or KiTS-layout folder", epilog=EPILOG)
+    p.add_argument("input", type=Path, help="a .nii/.nii.gz CT, a DICOM series folder, or a folder of cases")
+    p.add_argument("out_dir", type=Path, help="writes OUT_DIR/<case_id>.nii.gz")
+    p.add_argument("--model", type=Path, required=True, help="model directory written by 'kidneyseg train'")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
+    p.add_argument("--tta", action="store_true", help="average predictions over flips (test-time augmentation)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+
+    p = sub.add_parser("evaluate", help="KiTS19 Dice scores of predictions against ground truth", epilog=EPILOG)
+    p.add_argument("pred_dir", type=Path, help="folder of <case_id>.nii.gz predictions")
+    p.add_argument("gt_dir", type=Path, help="KiTS-layout folder (case_XXXXX/segmentation.nii.gz)")
+    p.add_argument("--out", type=Path, help="where scores.csv/scores.json go (default: PRED_DIR)")
+
+    p = sub.add_parser("demo", help="synthesise phantoms, train both stages, predict and score held-out cases",
+                       epilog=EPILOG)
+    p.add_argument("--out", type=Path, default=Path("demo-output"), help="working folder (default demo-output)")
+    p.add_argument("--cases", type=int, default=24, help="training cases to synthesise (default 24)")
+    p.add_argument("--heldout", type=int, default=6, help="held-out cases to score (default 6)")
+    p.add_argument("--minutes", type=float, default=3.5, help="training minutes per stage (default 3.5)")
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
+    try:
+        return int(_COMMANDS[args.command](args) or 0)
+    except KidneysegError as exc:
+        print(f"kidneyseg: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except MemoryError:
+        print("kidneyseg: error: out of memory", file=sys.stderr)
+        return 5
+    except KeyboardInterrupt:
+        print("kidneyseg: interrupted", file=sys.stderr)
+        return 130
+
+
+def _synth(args) -> int:
+    from kidneyseg.synthetic import synthesize_dataset
+
+    _positive(args.cases, "--cases")
+    folders = synthesize_dataset(args.out, args.cases, args.seed, progress=sys.stderr.isatty())
+    print(f"wrote {len(folders)} cases to {args.out}")
+    return 0
+
+
+def _train(args) -> int:
+    from kidneyseg.config import override, preset
+    from kidneyseg.training.fit import fit
+
+    chosen = preset(args.preset)
+    extra = [f"{k}={v}" for k, v in (("epochs", args.epochs), ("max_minutes", args.minutes), ("seed", args.seed))
+             if v is not None]
+    stage = override(chosen.stage(args.stage), extra + args.overrides)
+    result = fit(args.data, args.out, stage, chosen.pipeline, resume=args.resume, overwrite=args.overwrite,
+                 device=args.device)
+    print(f"{args.stage}: {result.epochs_done} epochs, {result.minutes:.1f} min, best validation Dice "
+          f"{result.best_val_dice:.3f}; weights in {result.run_dir}")
+    return 0
+
+
+def _predict(args) -> int:
+    from kidneyseg.batch import predict_inputs
+
+    summary = predict_inputs(args.input, args.out_dir, args.model, overwrite=args.overwrite, tta=args.tta,
+                             device=args.device)
+    print(summary.describe())
+    return summary.exit_code()
+
+
+def _evaluate(args) -> int:
+    from kidneyseg.batch import evaluate_folders
+    from kidneyseg.evaluation import format_table
+
+    per_case, paths = evaluate_folders(args.pred_dir, args.gt_dir, args.out or args.pred_dir)
+    print(format_table(per_case))
+    print(f"scores written to {paths[0]} and {paths[1]}")
+    return 0
+
+
+def _demo(args) -> int:
+    from kidneyseg.demo import run_demo
+
+    _positive(args.cases, "--cases")
+    _positive(args.heldout, "--heldout")
+    run_demo(args.out, cases=args.cases, heldout=args.heldout, minutes=args.minutes, seed=args.seed)
+    return 0
+
+
+def _positive(value: int, name: str) -> None:
+    if value < 1:
+        raise UsageError(f"{name} must be at least 1, got {value}")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kidneyseg")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+_COMMANDS = {"synth": _synth, "train": _train, "predict": _predict, "evaluate": _evaluate, "demo": _demo}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Settings as frozen, validated dataclasses; presets; conversion to and from plain dicts.
+
+Every checkpoint and run folder stores the ``to_dict`` form of the settings that made it,
+and ``from_dict`` rebuilds them exactly. Presets are data: ``preset(name)`` returns a
+``Preset`` that the CLI can override field by field (``--set epochs=20``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
+
+from kidneyseg.errors import UsageError
+
+StageName = Literal["localizer", "segmenter"]
+STAGES: tuple[StageName, ...] = ("localizer", "segmenter")
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Isensee-2017 U-Net shape (see model.IsenseeUNet)."""
+
+    in_channels: int = 1
+    num_classes: int = 2
+    base_filters: int = 16
+    levels: int = 5
+    dropout: float = 0.3
+    deep_supervision: int = 3
+
+    def __post_init__(self) -> None:
+        _check(self.in_channels >= 1 and self.num_classes >= 2, "in_channels >= 1 and num_classes >= 2")
+        _check(self.base_filters >= 1 and self.levels >= 2, "base_filters >= 1 and levels >= 2")
+        _check(0 <= self.dropout < 1, "0 <= dropout < 1")
+        _check(1 <= self.deep_supervision <= self.levels - 1, "1 <= deep_supervision <= levels - 1")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """How one stage is trained: input size, network, loss, optimiser, augmentation, budget."""
+
+    stage: StageName
+    input_size: tuple[int, int, int] = (128, 128, 128)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    class_weights: tuple[float, ...] = (0.01, 0.99)
+    loss: Literal["dice", "dice_ce"] = "dice"
+    lr: float = 5e-4
+    lr_decay: float = 0.985  # multiplied into the learning rate after every epoch
+    weight_decay: float = 1e-5
+    batch_size: int = 1
+    epochs: int = 300
+    samples_per_epoch: int = 0  # 0: one pass over the training cases
+    max_minutes: float = 0.0  # 0: no time limit; otherwise stop after this much training time
+    val_fraction: float = 0.2
+    flip_prob: float = 0.5  # per axis
+    rotate_deg: float = 15.0  # uniform rotation of axial slices in [-rotate_deg, rotate_deg]
+    translate_vox: int = 8  # stage 2: random shift of the crop box, per axis, in voxels
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_size", tuple(int(n) for n in self.input_size))
+        object.__setattr__(self, "class_weights", tuple(float(w) for w in self.class_weights))
+        _check(self.stage in STAGES, f"stage must be one of {STAGES}")
+        _check(len(self.input_size) == 3, "input_size has 3 values")
+        divisor = 2 ** (self.network.levels - 1)
+        _check(all(n % divisor == 0 for n in self.input_size),
+               f"input_size {self.input_size} divisible by 2**(levels-1) = {divisor}")
+        _check(len(self.class_weights) == self.network.num_classes,
+               f"one class weight per class ({self.network.num_classes})")
+        _check(all(w >= 0 for w in self.class_weights) and sum(self.class_weights) > 0, "class weights >= 0")
+        _check(self.loss in ("dice", "dice_ce"), "loss is 'dice' or 'dice_ce'")
+        _check(self.lr > 0 and 0 < self.lr_decay <= 1 and self.weight_decay >= 0, "lr > 0, 0 < lr_decay <= 1")
+        _check(self.batch_size >= 1 and self.epochs >= 1 and self.samples_per_epoch >= 0, "positive counts")
+        _check(self.max_minutes >= 0 and 0 < self.val_fraction < 1, "max_minutes >= 0, 0 < val_fraction < 1")
+        _check(0 <= self.flip_prob <= 1 and self.rotate_deg >= 0 and self.translate_vox >= 0, "augmentation")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Inference settings shared by both stages (the paper's values by default)."""
+
+    hu_min: float = -95.0
+    hu_max: float = 155.0
+    margin_vox: int = 10
+    min_box_vox: int = 64
+    min_region_fraction: float = 0.05
+    resize_probabilities: bool = False  # stage-2 output back to the crop: probabilities (linear) or labels
+    tta_flips: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.hu_min < self.hu_max, "hu_min < hu_max")
+        _check(self.margin_vox >= 0 and self.min_box_vox >= 1, "margin_vox >= 0, min_box_vox >= 1")
+        _check(0 <= self.min_region_fraction < 1, "0 <= min_region_fraction < 1")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    localizer: StageConfig
+    segmenter: StageConfig
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+    def stage(self, name: StageName) -> StageConfig:
+        return self.localizer if name == "localizer" else self.segmenter
+
+
+def _paper() -> Preset:
+    loc = StageConfig("localizer", network=NetworkConfig(num_classes=2), class_weights=(0.01, 0.99))
+    seg = StageConfig("segmenter", network=NetworkConfig(num_classes=3), class_weights=(0.01, 0.14, 0.85))
+    return Preset("paper", loc, seg)
+
+
+def _small(name: str, size: int, base: int, levels: int, epochs: int, minutes: float) -> Preset:
+    """CPU presets: smaller inputs and networks, Dice + cross-entropy and a higher learning rate."""
+    common = dict(input_size=(size,) * 3, loss="dice_ce", lr=3e-3, epochs=epochs, max_minutes=minutes,
+                  samples_per_epoch=32)
+    net = dict(base_filters=base, levels=levels, dropout=0.1, deep_supervision=min(3, levels - 1))
+    loc = StageConfig("localizer", network=NetworkConfig(num_classes=2, **net), class_weights=(0.01, 0.99),
+                      **common)
+    seg = StageConfig("segmenter", network=NetworkConfig(num_classes=3, **net),
+                      class_weights=(0.01, 0.14, 0.85), translate_vox=4, **common)
+    return Preset(name, loc, seg)
+
+
+PRESETS = {
+    "paper": _paper,
+    "small": lambda: _small("small", 96, 8, 5, 300, 30.0),
+    "tiny": lambda: _small("tiny", 48, 8, 4, 40, 2.5),
+}
+
+
+def preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def override(stage: StageConfig, assignments: list[str]) -> StageConfig:
+    """Apply ``key=value`` overrides (e.g. ``epochs=20``, ``input_size=64,64,64``,
+    ``network.base_filters=4``) to a stage config, with type conversion and validation."""
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise UsageError(f"override {item!r} is not of the form key=value")
+        stage = _set(stage, key.strip().split("."), raw.strip())
+    return stage
+
+
+def _set(obj: Any, keys: list[str], raw: str) -> Any:
+    names = {f.name: f for f in fields(obj)}
+    if keys[0] not in names:
+        raise UsageError(f"unknown setting {keys[0]!r}; known: {', '.join(sorted(names))}")
+    current = getattr(obj, keys[0])
+    value = _set(current, keys[1:], raw) if len(keys) > 1 else _parse(raw, current, keys[0])
+    try:
+        return replace(obj, **{keys[0]: value})
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"invalid setting {keys[0]}={raw}: {exc}") from exc
+
+
+def _parse(raw: str, current: Any, key: str) -> Any:
+    try:
+        if isinstance(current, bool):
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1", "yes")
+        if isinstance(current, tuple):
+            kind = type(current[0]) if current else float
+            return tuple(kind(v) for v in raw.split(","))
+        return type(current)(raw)
+    except ValueError as exc:
+        raise UsageError(f"cannot parse {key}={raw!r} as {type(current).__name__}") from exc
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def stage_from_dict(data: dict[str, Any]) -> StageConfig:
+    data = dict(data)
+    data["network"] = NetworkConfig(**data["network"])
+    return StageConfig(**data)
+
+
+def pipeline_from_dict(data: dict[str, Any]) -> PipelineConfig:
+    return PipelineConfig(**data)
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(to_dict(obj), indent=2, sort_keys=True)
+
+
+def _check(condition: bool, requirement: str) -> None:
+    if not condition:
+        raise ValueError(f"invalid settings: need {requirement}")

@@ -1,0 +1,151 @@
+"""Localize -> boxes -> segment -> paste -> post-process: the Python API users call.
+
+    >>> model = load_model_dir("my-model")                      # doctest: +SKIP
+    >>> result = segment("case_00123/imaging.nii.gz", model)    # doctest: +SKIP
+    >>> result.save("case_00123.nii.gz")                        # doctest: +SKIP
+
+Arrays are (X, Y, Z) in RAS+ voxel order (see io.Volume); the written label map is on
+the input file's exact grid.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kidneyseg import io
+from kidneyseg.config import PipelineConfig, StageConfig, pipeline_from_dict
+from kidneyseg.errors import ModelFileError
+from kidneyseg.geometry import Box, crop, expand_box, paste_max, resize_image, resize_labels
+from kidneyseg.postprocess import clean_labels, large_components
+from kidneyseg.preprocess import normalize_ct
+from kidneyseg.training.checkpoint import load_model
+
+
+@dataclass
+class TwoStageModel:
+    """Both trained networks and the pipeline settings of a model directory."""
+
+    localizer: torch.nn.Module
+    localizer_config: StageConfig
+    segmenter: torch.nn.Module
+    segmenter_config: StageConfig
+    pipeline: PipelineConfig
+    device: str = "cpu"
+
+
+@dataclass
+class Segmentation:
+    """Result of ``segment``: canonical labels, the input's geometry, the kidney boxes, timings (s)."""
+
+    labels: np.ndarray
+    volume: io.Volume
+    boxes: list[Box]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the label map (uint8 NIfTI) on the input's exact grid, atomically."""
+        return io.save_label_map(self.labels, self.volume, path)
+
+
+def load_model_dir(model_dir: str | Path, device: str = "cpu", **pipeline_overrides) -> TwoStageModel:
+    """Load ``model_dir/{localizer,segmenter}/best.safetensors`` and ``model_dir/pipeline.json``.
+
+    ``pipeline_overrides`` replace pipeline settings (e.g. ``tta_flips=True``).
+    """
+    model_dir = Path(model_dir)
+    pipeline_path = model_dir / "pipeline.json"
+    if not pipeline_path.is_file():
+        raise ModelFileError("not a model directory (pipeline.json missing); train both stages into it first",
+                             model_dir)
+    try:
+        pipeline = pipeline_from_dict(json.loads(pipeline_path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(f"unreadable pipeline settings ({exc})", pipeline_path) from exc
+    pipeline = replace(pipeline, **pipeline_overrides)
+    loc, loc_cfg, _ = load_model(model_dir / "localizer" / "best.safetensors")
+    seg, seg_cfg, _ = load_model(model_dir / "segmenter" / "best.safetensors")
+    for path, cfg, classes in ((model_dir / "localizer", loc_cfg, 2), (model_dir / "segmenter", seg_cfg, 3)):
+        if cfg.network.num_classes != classes:
+            raise ModelFileError(f"expected a {classes}-class {path.name}, found {cfg.network.num_classes} classes",
+                                 path)
+    return TwoStageModel(loc.to(device), loc_cfg, seg.to(device), seg_cfg, pipeline, device)
+
+
+def segment(ct: str | Path | io.Volume | np.ndarray, model: TwoStageModel | str | Path,
+            affine: np.ndarray | None = None) -> Segmentation:
+    """Segment kidneys (1) and tumours (2) in a CT.
+
+    ``ct`` is a NIfTI path, a DICOM folder, a Volume, or an array in HU with its 4x4 ``affine``
+    (file voxel order, as nibabel gives it). Returns a Segmentation; warns when no kidney is found.
+    """
+    if not isinstance(model, TwoStageModel):
+        model = load_model_dir(model)
+    volume = _as_volume(ct, affine)
+    cfg, timings = model.pipeline, {"network": 0.0}
+    start = time.perf_counter()
+    norm = normalize_ct(volume.array, cfg.hu_min, cfg.hu_max)
+    boxes = localize(norm, model, timings)
+    labels = np.zeros(norm.shape, dtype=np.uint8)
+    pad_value = float(norm.min())
+    for box in boxes:
+        patch = crop(norm, box, pad_value)
+        paste_max(labels, _segment_patch(patch, model, timings), box)
+    if not boxes:
+        warnings.warn(f"{volume.name}: no kidney found; the output is all background", stacklevel=2)
+    labels = clean_labels(labels, cfg.min_region_fraction)
+    timings["total"] = time.perf_counter() - start
+    return Segmentation(labels, volume, boxes, timings)
+
+
+def localize(norm: np.ndarray, model: TwoStageModel, timings: dict[str, float]) -> list[Box]:
+    """Stage 1 on the normalised CT (X, Y, Z): one paper crop box per kept kidney region."""
+    size = model.localizer_config.input_size
+    probs = _predict(model.localizer, resize_image(norm, size), model, timings)
+    mask = resize_labels(probs.argmax(0).astype(np.uint8), norm.shape)
+    _, tight = large_components(mask, model.pipeline.min_region_fraction)
+    cfg = model.pipeline
+    return [expand_box(b, cfg.margin_vox, cfg.min_box_vox, norm.shape) for b in tight]
+
+
+def _segment_patch(patch: np.ndarray, model: TwoStageModel, timings: dict[str, float]) -> np.ndarray:
+    """Stage 2 on one crop: labels (uint8) on the crop's own grid."""
+    probs = _predict(model.segmenter, resize_image(patch, model.segmenter_config.input_size), model, timings)
+    if model.pipeline.resize_probabilities:
+        return resize_image(probs, patch.shape).argmax(0).numpy().astype(np.uint8)
+    return resize_labels(probs.argmax(0).astype(np.uint8), patch.shape)
+
+
+@torch.inference_mode()
+def _predict(net: torch.nn.Module, image: torch.Tensor, model: TwoStageModel,
+             timings: dict[str, float]) -> np.ndarray:
+    """Softmax probabilities (C, X, Y, Z) for a (1, X, Y, Z) input, optionally averaged over flips."""
+    start = time.perf_counter()
+    x = image[None].to(model.device)
+    flips = [()] + ([(2,), (3,), (4,)] if model.pipeline.tta_flips else [])
+    total = None
+    for dims in flips:
+        flipped = torch.flip(x, dims) if dims else x
+        probs = torch.softmax(net(flipped), dim=1)
+        probs = torch.flip(probs, dims) if dims else probs
+        total = probs if total is None else total + probs
+    out = (total / len(flips))[0].float().cpu().numpy()
+    timings["network"] += time.perf_counter() - start
+    return out
+
+
+def _as_volume(ct, affine: np.ndarray | None) -> io.Volume:
+    if isinstance(ct, io.Volume):
+        return ct
+    if isinstance(ct, np.ndarray):
+        if affine is None:
+            raise ValueError("an array input needs its 4x4 affine")
+        io.check_affine(np.asarray(affine), Path("<array>"))
+        return io.canonical_volume(np.asarray(ct, dtype=np.float32), affine)
+    return io.load_ct(ct)

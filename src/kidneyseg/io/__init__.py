@@ -1,0 +1,71 @@
+"""The only code that reads or writes image files. Downstream code sees Volumes and arrays.
+
+``load_ct`` and ``load_label_map`` return canonical RAS+ Volumes after validating the file;
+``save_label_map`` writes a canonical label array back on the exact grid of the input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kidneyseg.errors import InvalidInputError
+from kidneyseg.io import layout
+from kidneyseg.io.atomic import atomic_write, atomic_write_text
+from kidneyseg.io.dicom import read_dicom_series
+from kidneyseg.io.nifti import is_nifti_path, read_nifti, save_nifti
+from kidneyseg.io.validate import (
+    check_affine,
+    check_finite,
+    check_hu_range,
+    check_label_values,
+    check_same_grid,
+)
+from kidneyseg.io.volume import Volume, canonical_volume
+
+__all__ = [
+    "Volume", "atomic_write", "atomic_write_text", "canonical_volume", "check_affine", "check_same_grid",
+    "is_nifti_path", "layout",
+    "load_ct", "load_label_map", "save_label_map", "save_nifti",
+]
+
+
+def load_ct(path: str | Path, *, allow_4d: bool = False, check_hu: bool = True) -> Volume:
+    """Read a CT (NIfTI file or DICOM series folder) as a float32 Volume in HU, (X, Y, Z) RAS+."""
+    path = Path(path)
+    if path.is_dir():
+        data, affine = read_dicom_series(path)
+        check_affine(affine, path)
+        header = None
+    else:
+        data, affine, header = read_nifti(path, allow_4d=allow_4d)
+    data = np.asarray(data, dtype=np.float32)
+    check_finite(data, path)
+    if check_hu:
+        check_hu_range(data, path)
+    return canonical_volume(data, affine, header, path)
+
+
+def load_label_map(path: str | Path) -> Volume:
+    """Read a KiTS label map (0 background, 1 kidney, 2 tumour) as a uint8 Volume, (X, Y, Z) RAS+."""
+    path = Path(path)
+    if path.is_dir():
+        raise InvalidInputError("expected a label map file, got a folder", path)
+    data, affine, header = read_nifti(path)
+    labels = check_label_values(np.asarray(data), path)
+    return canonical_volume(labels, affine, header, path)
+
+
+def save_label_map(labels: np.ndarray, like: Volume, path: str | Path, *, inputs: tuple[Path, ...] = ()) -> Path:
+    """Write a canonical (X, Y, Z) label array as uint8 NIfTI on ``like``'s original file grid.
+
+    Same shape, affine, qform/sform codes as the input file. Refuses to write over the input
+    (or any path in ``inputs``). The write is atomic.
+    """
+    path = Path(path)
+    protected = [p for p in (like.path, *inputs) if p is not None]
+    if any(path.resolve() == Path(p).resolve() for p in protected):
+        raise InvalidInputError("refusing to write the output over an input file", path)
+    data = like.to_file_order(np.asarray(labels, dtype=np.uint8))
+    return save_nifti(data, like.file_affine, path, header=like.header)

@@ -1,0 +1,114 @@
+"""NIfTI reading and writing with nibabel. The only module besides ``dicom`` that opens image files."""
+
+from __future__ import annotations
+
+import gzip
+import warnings
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from kidneyseg.errors import InvalidInputError
+from kidneyseg.io.atomic import atomic_write
+from kidneyseg.io.validate import check_affine, check_header_size, check_shape
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_READ_ERRORS = (
+    nib.filebasedimages.ImageFileError,
+    EOFError,
+    OSError,
+    ValueError,
+    zlib.error,
+    gzip.BadGzipFile,
+)
+
+
+def is_nifti_path(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def read_nifti(path: Path, *, allow_4d: bool = False) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
+    """Read a 3D NIfTI file: (array in file voxel order, scaled by scl_slope/scl_inter; affine; header).
+
+    The affine is the one nibabel uses (sform when its code is set, else qform); a
+    disagreement between the two is reported as a warning naming the one used. The header's
+    declared size is checked before any voxel data is read.
+    """
+    if not path.is_file():
+        raise InvalidInputError("file not found" if not path.exists() else "not a file", path)
+    if path.stat().st_size == 0:
+        raise InvalidInputError("file is empty (0 bytes)", path)
+    if not is_nifti_path(path):
+        raise InvalidInputError("unsupported file type; expected .nii or .nii.gz (or a DICOM folder)", path)
+    try:
+        image = nib.load(path)
+    except _READ_ERRORS as exc:
+        raise InvalidInputError(f"not a readable NIfTI file ({_short(exc)})", path) from exc
+    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
+        raise InvalidInputError(f"not a NIfTI-1/2 image ({type(image).__name__})", path)
+    header = image.header
+    shape = tuple(int(n) for n in image.shape)
+    shape = check_shape(shape, path, allow_4d=allow_4d)
+    check_header_size(shape, header.get_data_dtype(), path)
+    affine = _chosen_affine(image, path)
+    check_affine(affine, path)
+    try:
+        data = np.asanyarray(image.dataobj)
+    except _READ_ERRORS as exc:
+        raise InvalidInputError(f"voxel data could not be read; is the file truncated? ({_short(exc)})", path) from exc
+    if data.ndim > 3:
+        data = data.reshape(data.shape[:3] + (-1,))[..., 0]  # the first volume (checked by check_shape)
+    return data, affine, header
+
+
+def _chosen_affine(image: nib.Nifti1Image, path: Path) -> np.ndarray:
+    header = image.header
+    sform, scode = header.get_sform(coded=True)
+    qform, qcode = header.get_qform(coded=True)
+    if sform is not None and qform is not None and not np.allclose(sform, qform, atol=1e-3):
+        warnings.warn(
+            f"{path}: qform and sform disagree; using the sform (code {int(scode)}) as nibabel does.\n"
+            f"  sform:\n{np.array2string(sform, precision=3)}\n  qform:\n{np.array2string(qform, precision=3)}",
+            stacklevel=3,
+        )
+    return np.asarray(image.affine, dtype=np.float64)
+
+
+def save_nifti(
+    array: np.ndarray,
+    affine: np.ndarray,
+    path: str | Path,
+    header: nib.Nifti1Header | None = None,
+) -> Path:
+    """Atomically write ``array`` (file voxel order) with ``affine`` to ``path`` (.nii or .nii.gz).
+
+    With ``header`` given, its qform/sform codes and units are kept and the data type and
+    scaling are replaced by the array's own (scl_slope 1, scl_inter 0).
+    """
+    path = Path(path)
+    if not is_nifti_path(path):
+        raise InvalidInputError("output must end in .nii or .nii.gz", path)
+    new_header = header.copy() if header is not None else None
+    image = nib.Nifti1Image(np.asarray(array), affine, header=new_header)
+    if header is not None:
+        _copy_codes(header, image)
+    else:
+        image.set_qform(affine, code=1)
+        image.set_sform(affine, code=1)
+    image.set_data_dtype(np.asarray(array).dtype)
+    image.header.set_slope_inter(1.0, 0.0)
+    image.header.set_xyzt_units("mm", "sec")
+    return atomic_write(path, lambda tmp: nib.save(image, tmp))
+
+
+def _copy_codes(header: nib.Nifti1Header, image: nib.Nifti1Image) -> None:
+    """Restore the original qform/sform (matrices and codes) exactly as the input had them."""
+    image.set_sform(header.get_sform(), code=int(header["sform_code"]))
+    image.set_qform(header.get_qform(), code=int(header["qform_code"]))
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]

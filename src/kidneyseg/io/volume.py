@@ -1,0 +1,68 @@
+"""The Volume type: a 3D array in canonical RAS+ voxel order plus what is needed to undo it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+
+RAS = axcodes2ornt(("R", "A", "S"))
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A 3D image or label map in canonical voxel order.
+
+    ``array`` is (X, Y, Z) with voxel index increasing towards patient Right, Anterior and
+    Superior (RAS+, the closest canonical order to the file's axes: only axis flips and
+    permutations, never resampling). ``affine`` maps ``array`` indices to RAS world mm.
+    ``file_shape``, ``file_affine`` and ``header`` describe the file the data came from, so
+    that an output can be written on exactly the input's grid (see ``to_file_order``).
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    file_shape: tuple[int, int, int]
+    file_affine: np.ndarray
+    header: nib.Nifti1Header | None = None
+    path: Path | None = None
+    _ornt: np.ndarray = field(default=None, repr=False)  # file axes -> RAS
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]:
+        """Voxel size of ``array`` along X, Y, Z in mm."""
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    @property
+    def name(self) -> str:
+        return str(self.path) if self.path is not None else "<array>"
+
+    def to_file_order(self, data: np.ndarray) -> np.ndarray:
+        """Reorder a canonical (X, Y, Z) array back to the file's voxel order."""
+        if data.shape != self.array.shape:
+            raise ValueError(f"expected canonical shape {self.array.shape}, got {data.shape}")
+        back = ornt_transform(RAS, self._ornt)
+        return np.ascontiguousarray(apply_orientation(data, back))
+
+    def with_array(self, data: np.ndarray) -> Volume:
+        """The same geometry holding other voxel data (canonical order, same shape)."""
+        if data.shape != self.array.shape:
+            raise ValueError(f"expected canonical shape {self.array.shape}, got {data.shape}")
+        return Volume(data, self.affine, self.file_shape, self.file_affine, self.header, self.path, self._ornt)
+
+
+def canonical_volume(
+    data: np.ndarray,
+    affine: np.ndarray,
+    header: nib.Nifti1Header | None = None,
+    path: Path | None = None,
+) -> Volume:
+    """Wrap file-order ``data`` with its ``affine`` as a canonical RAS+ Volume (no resampling)."""
+    affine = np.asarray(affine, dtype=np.float64)
+    ornt = io_orientation(affine)
+    canonical = np.ascontiguousarray(apply_orientation(data, ornt))
+    canonical_affine = affine @ inv_ornt_aff(ornt, data.shape)
+    return Volume(canonical, canonical_affine, tuple(int(n) for n in data.shape), affine, header, path, ornt)

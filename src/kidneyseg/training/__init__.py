@@ -1,0 +1,1 @@
+"""Training: losses, augmentation, the preprocessing cache, checkpoints and the fit loop."""

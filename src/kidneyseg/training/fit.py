@@ -1,0 +1,178 @@
+"""The training loop for one stage, top to bottom. Device, seed and precision are passed in.
+
+Run folder ``MODEL_DIR/<stage>/``: ``config.json`` (exact settings), ``best.safetensors`` and
+``last.safetensors`` (weights + settings), ``last_state.pt`` (everything ``--resume`` needs),
+``log.csv`` (one row per epoch) and ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from kidneyseg import io
+from kidneyseg.config import PipelineConfig, StageConfig, stage_from_dict, to_dict, to_json
+from kidneyseg.errors import TrainingDivergedError, UsageError
+from kidneyseg.evaluation import dice
+from kidneyseg.training.augment import make_augment
+from kidneyseg.training.cache import Sample, build_cache
+from kidneyseg.training.checkpoint import build_model, load_state, save_state, save_weights
+from kidneyseg.training.data import load_sample
+from kidneyseg.training.losses import make_loss
+
+
+@dataclass(frozen=True)
+class FitResult:
+    run_dir: Path
+    epochs_done: int
+    best_val_dice: float
+    minutes: float
+
+
+def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineConfig, *, resume: bool = False,
+        overwrite: bool = False, device: str = "cpu", progress: bool = True) -> FitResult:
+    """Train ``stage`` on the KiTS-layout ``data_dir``; write the run into ``model_dir/<stage>``."""
+    run_dir = Path(model_dir) / stage.stage
+    _prepare_run_dir(run_dir, stage, pipeline, resume, overwrite)
+    cases = io.layout.kits_cases(data_dir)
+    samples = build_cache(cases, Path(model_dir) / "cache" / stage.stage, stage, pipeline, progress)
+    train, val = split_samples(samples, stage.val_fraction, stage.seed)
+    torch.manual_seed(stage.seed)
+    model = build_model(stage).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=stage.lr, weight_decay=stage.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=stage.lr_decay)
+    epoch, best, minutes, log = 0, -math.inf, 0.0, []
+    if resume and (run_dir / "last_state.pt").exists():
+        state = load_state(run_dir / "last_state.pt")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        epoch, best, minutes, log = state["epoch"], state["best_val_dice"], state["minutes"], state["log"]
+    loss_fn, transform = make_loss(stage), make_augment(stage)
+    bar = tqdm(total=stage.epochs, initial=epoch, desc=f"train {stage.stage}", unit="epoch", disable=not progress)
+    while epoch < stage.epochs and not (stage.max_minutes and minutes >= stage.max_minutes):
+        start = time.perf_counter()
+        train_loss = _train_epoch(model, optimizer, loss_fn, transform, train, stage, epoch, device)
+        scheduler.step()
+        scores = validate(model, val, stage, device)
+        epoch += 1
+        minutes += (time.perf_counter() - start) / 60
+        log.append({"epoch": epoch, "train_loss": train_loss, **scores, "lr": scheduler.get_last_lr()[0],
+                    "minutes": minutes})
+        improved = scores["val_dice"] > best
+        best = max(best, scores["val_dice"])
+        _save_epoch(run_dir, model, optimizer, scheduler, stage, epoch, best, minutes, log, improved)
+        bar.update(1)
+        bar.set_postfix(loss=f"{train_loss:.3f}", val_dice=f"{scores['val_dice']:.3f}")
+    bar.close()
+    return FitResult(run_dir, epoch, best, minutes)
+
+
+def split_samples(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Split by case (both kidneys of a case land on the same side), fixed by ``seed``."""
+    case_ids = sorted({s.case_id for s in samples})
+    if len(case_ids) < 2:
+        raise UsageError(f"need at least 2 cases with kidneys to train and validate, found {len(case_ids)}")
+    order = np.random.RandomState(seed).permutation(len(case_ids))
+    n_val = min(max(1, round(val_fraction * len(case_ids))), len(case_ids) - 1)
+    val_ids = {case_ids[i] for i in order[:n_val]}
+    return [s for s in samples if s.case_id not in val_ids], [s for s in samples if s.case_id in val_ids]
+
+
+def _train_epoch(model, optimizer, loss_fn, transform, train: list[Sample], stage: StageConfig, epoch: int,
+                 device: str) -> float:
+    """One epoch; its data order and augmentation depend only on (seed, epoch)."""
+    model.train()
+    rng = np.random.RandomState([stage.seed, epoch])
+    count = stage.samples_per_epoch or len(train)
+    order = np.concatenate([rng.permutation(len(train)) for _ in range(-(-count // len(train)))])[:count]
+    losses = []
+    for it in range(0, count, stage.batch_size):
+        batch = [train[i] for i in order[it:it + stage.batch_size]]
+        pairs = [load_sample(s, stage, rng, transform) for s in batch]
+        images = torch.stack([p[0] for p in pairs]).to(device)
+        labels = torch.stack([p[1] for p in pairs]).to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(images), labels)
+        if not torch.isfinite(loss):
+            names = ", ".join(s.case_id for s in batch)
+            raise TrainingDivergedError(f"loss became {loss.item()} at epoch {epoch + 1}, iteration {it + 1} "
+                                        f"(case {names}); the best checkpoint was left untouched")
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return float(np.mean(losses))
+
+
+@torch.inference_mode()
+def validate(model, val: list[Sample], stage: StageConfig, device: str) -> dict[str, float]:
+    """Dice at the network's input resolution on un-augmented validation samples.
+
+    Localizer: ``val_dice`` = foreground Dice. Segmenter: mean of kidney+tumour and tumour Dice.
+    """
+    model.eval()
+    per_region: dict[str, list[float]] = {"val_kidney_tumor": [], "val_tumor": []}
+    for sample in val:
+        image, label = load_sample(sample, stage, None)
+        pred = model(image[None].to(device)).argmax(1)[0].cpu().numpy()
+        truth = label[0].numpy()
+        per_region["val_kidney_tumor"].append(dice(pred > 0, truth > 0))
+        if stage.network.num_classes > 2:
+            per_region["val_tumor"].append(dice(pred == 2, truth == 2))
+    scores = {k: float(np.mean(v)) for k, v in per_region.items() if v}
+    scores["val_dice"] = float(np.mean(list(scores.values())))
+    return scores
+
+
+def _prepare_run_dir(run_dir: Path, stage: StageConfig, pipeline: PipelineConfig, resume: bool,
+                     overwrite: bool) -> None:
+    config_path = run_dir / "config.json"
+    if config_path.exists() and resume:
+        previous = stage_from_dict(json.loads(config_path.read_text())["stage"])
+        if previous != stage:
+            raise UsageError("--resume with settings that differ from the run's config.json; "
+                             "resume with the same preset and overrides", config_path)
+    elif (run_dir / "last_state.pt").exists() and not overwrite:
+        raise UsageError("a training run already exists here; pass --resume to continue it or --overwrite "
+                         "to start again", run_dir)
+    elif overwrite:
+        for name in ("last_state.pt", "best.safetensors", "last.safetensors", "log.csv", "curves.png"):
+            (run_dir / name).unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"stage": to_dict(stage), "pipeline": to_dict(pipeline)}, indent=2, sort_keys=True)
+    io.atomic_write_text(config_path, text)
+    io.atomic_write_text(run_dir.parent / "pipeline.json", to_json(pipeline))
+
+
+def _save_epoch(run_dir, model, optimizer, scheduler, stage, epoch, best, minutes, log, improved) -> None:
+    from kidneyseg.report import save_training_curves
+
+    meta = {"epoch": epoch, "val_dice": log[-1]["val_dice"]}
+    if improved:
+        save_weights(run_dir / "best.safetensors", model, stage, **meta)
+    save_weights(run_dir / "last.safetensors", model, stage, **meta)
+    save_state(run_dir / "last_state.pt", {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(), "epoch": epoch, "best_val_dice": best, "minutes": minutes,
+        "log": log, "config": to_json(stage),
+    })
+    io.atomic_write_text(run_dir / "log.csv", _csv(log))
+    save_training_curves(log, run_dir / "curves.png", title=f"{stage.stage} training")
+
+
+def _csv(rows: list[dict]) -> str:
+    buffer = _io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()

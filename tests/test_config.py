@@ -1,0 +1,44 @@
+import json
+
+import pytest
+
+from kidneyseg.config import PRESETS, override, preset, stage_from_dict, to_dict
+from kidneyseg.errors import UsageError
+
+
+def test_paper_preset_is_the_published_setting():
+    p = preset("paper")
+    for stage in (p.localizer, p.segmenter):
+        assert stage.input_size == (128, 128, 128) and stage.batch_size == 1
+        assert stage.lr == 5e-4 and stage.lr_decay == 0.985 and stage.weight_decay == 1e-5
+        assert stage.network.base_filters == 16 and stage.network.levels == 5 and stage.network.dropout == 0.3
+        assert stage.loss == "dice" and stage.flip_prob > 0 and stage.rotate_deg > 0
+    assert p.localizer.class_weights == (0.01, 0.99) and p.segmenter.class_weights == (0.01, 0.14, 0.85)
+    assert (p.pipeline.hu_min, p.pipeline.hu_max) == (-95, 155)
+    assert (p.pipeline.margin_vox, p.pipeline.min_box_vox, p.pipeline.min_region_fraction) == (10, 64, 0.05)
+    assert p.segmenter.translate_vox > 0
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_roundtrip_through_json(name):
+    for stage in (preset(name).localizer, preset(name).segmenter):
+        assert stage_from_dict(json.loads(json.dumps(to_dict(stage)))) == stage
+
+
+def test_overrides_parse_types_and_nested_keys():
+    stage = override(preset("tiny").segmenter, ["epochs=7", "input_size=32,32,32", "network.base_filters=4",
+                                                "lr=0.01"])
+    assert stage.epochs == 7 and stage.input_size == (32, 32, 32) and stage.network.base_filters == 4
+    assert stage.lr == 0.01
+
+
+@pytest.mark.parametrize("bad", ["epochs", "nope=1", "epochs=x", "input_size=30,30,30", "class_weights=1,2,3",
+                                 "network.levels=1"])
+def test_bad_overrides_are_usage_errors(bad):
+    with pytest.raises(UsageError):
+        override(preset("tiny").localizer, [bad])
+
+
+def test_unknown_preset():
+    with pytest.raises(UsageError, match="unknown preset"):
+        preset("huge")

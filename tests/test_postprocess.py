@@ -1,0 +1,41 @@
+import numpy as np
+
+from kidneyseg.geometry import Box
+from kidneyseg.postprocess import clean_labels, large_components
+
+
+def _blob(mask, lo, hi):
+    mask[tuple(slice(a, b) for a, b in zip(lo, hi))] = True
+
+
+def test_components_below_five_percent_of_largest_are_dropped():
+    mask = np.zeros((60, 60, 60), bool)
+    _blob(mask, (0, 0, 0), (20, 20, 20))  # 8000
+    _blob(mask, (30, 30, 30), (50, 50, 48))  # 7200
+    _blob(mask, (55, 0, 0), (60, 10, 9))  # 450 (5.6 %: kept)
+    _blob(mask, (0, 50, 50), (5, 60, 57))  # 350 (4.4 %: dropped)
+    ids, boxes = large_components(mask, 0.05)
+    assert boxes == [Box((0, 0, 0), (20, 20, 20)), Box((30, 30, 30), (50, 50, 48)), Box((55, 0, 0), (60, 10, 9))]
+    assert ids[2, 55, 55] == 0 and ids[57, 5, 5] != 0
+
+
+def test_diagonal_touch_is_one_component_with_26_connectivity():
+    mask = np.zeros((10, 10, 10), bool)
+    _blob(mask, (0, 0, 0), (3, 3, 3))
+    _blob(mask, (3, 3, 3), (6, 6, 6))
+    assert len(large_components(mask, 0.0)[1]) == 1
+
+
+def test_empty_mask_has_no_boxes():
+    assert large_components(np.zeros((5, 5, 5), bool), 0.05)[1] == []
+
+
+def test_clean_labels_removes_specks_and_demotes_small_tumours():
+    labels = np.zeros((40, 40, 40), np.uint8)
+    labels[5:25, 5:25, 5:25] = 1
+    labels[10:20, 10:20, 10:20] = 2
+    labels[22:23, 22:23, 22:24] = 2  # small tumour inside the kidney -> kidney
+    labels[35, 35, 35] = 1  # speck -> background
+    out = clean_labels(labels, 0.05)
+    assert out[35, 35, 35] == 0 and out[22, 22, 22] == 1 and out[15, 15, 15] == 2
+    assert np.count_nonzero(out) == 20**3
