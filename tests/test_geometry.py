@@ -1,7 +1,17 @@
 import numpy as np
 import pytest
 
-from kidneyseg.geometry import Box, bounding_box, crop, expand_box, nearest_indices, paste_max, resize_image, resize_labels, uncrop
+from kidneyseg.geometry import (
+    Box,
+    bounding_box,
+    crop,
+    expand_box,
+    nearest_indices,
+    paste_max,
+    resize_image,
+    resize_labels,
+    uncrop,
+)
 
 
 def test_bounding_box_is_tight_and_half_open():

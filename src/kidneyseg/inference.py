@@ -108,10 +108,17 @@ def localize(norm: np.ndarray, model: TwoStageModel, timings: dict[str, float]) 
     """Stage 1 on the normalised CT (X, Y, Z): one paper crop box per kept kidney region."""
     size = model.localizer_config.input_size
     probs = _predict(model.localizer, resize_image(norm, size), model, timings)
-    mask = resize_labels(probs.argmax(0).astype(np.uint8), norm.shape)
-    _, tight = large_components(mask, model.pipeline.min_region_fraction)
-    cfg = model.pipeline
-    return [expand_box(b, cfg.margin_vox, cfg.min_box_vox, norm.shape) for b in tight]
+    return kidney_boxes(resize_labels(probs.argmax(0).astype(np.uint8), norm.shape), model.pipeline)
+
+
+def kidney_boxes(mask: np.ndarray, cfg: PipelineConfig) -> list[Box]:
+    """One crop box per kidney region of a full-resolution mask (X, Y, Z), largest first.
+
+    Regions smaller than ``min_region_fraction`` of the largest are dropped; a fused
+    (horseshoe) kidney is one region and gets one box; extra fragments get their own boxes.
+    """
+    _, tight = large_components(mask, cfg.min_region_fraction)
+    return [expand_box(b, cfg.margin_vox, cfg.min_box_vox, mask.shape) for b in tight]
 
 
 def _segment_patch(patch: np.ndarray, model: TwoStageModel, timings: dict[str, float]) -> np.ndarray:

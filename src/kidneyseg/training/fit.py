@@ -12,7 +12,7 @@ import io as _io
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -139,9 +139,10 @@ def _prepare_run_dir(run_dir: Path, stage: StageConfig, pipeline: PipelineConfig
     config_path = run_dir / "config.json"
     if config_path.exists() and resume:
         previous = stage_from_dict(json.loads(config_path.read_text())["stage"])
-        if previous != stage:
-            raise UsageError("--resume with settings that differ from the run's config.json; "
-                             "resume with the same preset and overrides", config_path)
+        budget = {"epochs": stage.epochs, "max_minutes": stage.max_minutes}
+        if replace(previous, **budget) != stage:
+            raise UsageError("--resume with settings that differ from the run's config.json (only --epochs and "
+                             "--minutes may change); resume with the same preset and overrides", config_path)
     elif (run_dir / "last_state.pt").exists() and not overwrite:
         raise UsageError("a training run already exists here; pass --resume to continue it or --overwrite "
                          "to start again", run_dir)

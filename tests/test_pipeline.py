@@ -1,0 +1,125 @@
+"""End to end: train -> checkpoint -> resume -> predict, and geometry through the whole pipeline."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import warnings
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import micro_stage
+from safetensors.torch import load_file
+
+from kidneyseg import io
+from kidneyseg.config import preset
+from kidneyseg.inference import kidney_boxes, load_model_dir, segment
+from kidneyseg.training.fit import fit
+
+
+def test_run_folder_has_everything(trained_model):
+    for stage in ("localizer", "segmenter"):
+        run = trained_model / stage
+        for name in ("config.json", "best.safetensors", "last.safetensors", "last_state.pt", "log.csv",
+                     "curves.png"):
+            assert (run / name).is_file(), name
+        rows = (run / "log.csv").read_text().splitlines()
+        assert rows[0].startswith("epoch,train_loss") and len(rows) == 1 + 3
+        assert json.loads((run / "config.json").read_text())["stage"]["stage"] == stage
+    assert (trained_model / "pipeline.json").is_file()
+
+
+def test_resume_reproduces_the_uninterrupted_run(phantom_dir, tmp_path):
+    pipeline = preset("tiny").pipeline
+    full, part = tmp_path / "full", tmp_path / "part"
+    fit(phantom_dir, full, micro_stage("segmenter", "epochs=4"), pipeline, progress=False)
+    fit(phantom_dir, part, micro_stage("segmenter", "epochs=2"), pipeline, progress=False)
+    # continue the same run to 4 epochs, as 'kidneyseg train --resume --epochs 4' does
+    fit(phantom_dir, part, micro_stage("segmenter", "epochs=4"), pipeline, resume=True, progress=False)
+    a = load_file(str(full / "segmenter" / "last.safetensors"))
+    b = load_file(str(part / "segmenter" / "last.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    loss = [r.split(",")[1] for r in (full / "segmenter" / "log.csv").read_text().splitlines()[1:]]
+    loss_resumed = [r.split(",")[1] for r in (part / "segmenter" / "log.csv").read_text().splitlines()[1:]]
+    assert loss == loss_resumed
+
+
+def _flip_permute(data, affine, flips, perm):
+    affine = affine.copy()
+    for axis in flips:
+        data = np.flip(data, axis)
+        affine[:3, 3] += (data.shape[axis] - 1) * affine[:3, axis]
+        affine[:3, axis] *= -1
+    return np.ascontiguousarray(np.transpose(data, perm)), affine[:, [*perm, 3]]
+
+
+def test_prediction_follows_flips_and_permutations_of_the_file(phantom_dir, trained_model, tmp_path):
+    model = load_model_dir(trained_model)
+    source = nib.load(phantom_dir / "case_00001" / "imaging.nii.gz")
+    data, affine = np.asanyarray(source.dataobj), source.affine
+    io.save_nifti(data, affine, tmp_path / "ref.nii.gz")
+    reference = nib.load(segment(tmp_path / "ref.nii.gz", model).save(tmp_path / "ref_pred.nii.gz"))
+    ref_labels = np.asanyarray(reference.dataobj)
+    assert np.allclose(reference.affine, affine) and ref_labels.shape == data.shape
+    assert np.count_nonzero(ref_labels) > 0
+    cases = list(itertools.product([(0, 1, 2), (2, 0, 1), (1, 0, 2)], [(), (0,), (1, 2)]))
+    for n, (perm, flips) in enumerate(cases):
+        moved, moved_affine = _flip_permute(data, affine, flips, perm)
+        path = io.save_nifti(moved, moved_affine, tmp_path / f"moved{n}.nii.gz")
+        written = nib.load(segment(path, model).save(tmp_path / f"pred{n}.nii.gz"))
+        expected, _ = _flip_permute(ref_labels, affine, flips, perm)
+        assert np.allclose(written.affine, moved_affine)
+        assert np.array_equal(np.asanyarray(written.dataobj), expected), (perm, flips)
+
+
+def test_array_api_matches_file_api(phantom_dir, trained_model):
+    path = phantom_dir / "case_00000" / "imaging.nii.gz"
+    image = nib.load(path)
+    by_path = segment(path, trained_model)
+    by_array = segment(np.asanyarray(image.dataobj), trained_model, affine=image.affine)
+    assert np.array_equal(by_path.labels, by_array.labels)
+    assert set(np.unique(by_path.labels)) <= {0, 1, 2}
+
+
+def test_kidney_boxes_for_horseshoe_fragments_and_specks():
+    pipeline = preset("paper").pipeline
+    mask = np.zeros((200, 200, 120), np.uint8)
+    mask[40:160, 80:110, 30:50] = 1  # one fused (horseshoe) kidney across the midline
+    assert len(kidney_boxes(mask, pipeline)) == 1
+    mask[:] = 0
+    mask[20:60, 20:60, 20:60] = 1
+    mask[120:160, 20:60, 20:60] = 1
+    mask[120:150, 120:150, 80:100] = 1  # a third fragment, 28 % of the largest: kept
+    mask[190, 190, 110] = 1  # a speck: dropped
+    boxes = kidney_boxes(mask, pipeline)
+    assert len(boxes) == 3 and all(b.size_vox == (64, 64, 64) for b in boxes)
+    assert boxes[0].lo == (20 - 10 - 2,) * 3  # 40 + 2 * 10 margin = 60, grown by 4 to the 64 minimum
+
+
+class _AlwaysBackground(torch.nn.Module):
+    def forward(self, x):
+        return torch.stack([torch.ones_like(x[:, 0]), torch.zeros_like(x[:, 0])], dim=1)
+
+
+def test_no_kidney_gives_valid_empty_output_and_a_warning(trained_model, tmp_path):
+    air = np.full((40, 40, 20), -1000, np.int16)
+    air[10:30, 10:30, :] = -100
+    path = io.save_nifti(air, np.diag([3.0, 3.0, 5.0, 1.0]), tmp_path / "air.nii.gz")
+    model = load_model_dir(trained_model)
+    model.localizer = _AlwaysBackground()  # a localizer that finds nothing, whatever the micro model learnt
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = segment(path, model)
+    assert result.boxes == [] and not result.labels.any()
+    assert any("no kidney found" in str(w.message) for w in caught)
+    written = nib.load(result.save(tmp_path / "out.nii.gz"))
+    assert written.shape == air.shape and not np.asanyarray(written.dataobj).any()
+
+
+@pytest.mark.parametrize("option", [{"resize_probabilities": True}, {"tta_flips": True}])
+def test_pipeline_options_run(phantom_dir, trained_model, option):
+    result = segment(phantom_dir / "case_00000" / "imaging.nii.gz", load_model_dir(trained_model, **option))
+    assert result.labels.dtype == np.uint8 and set(np.unique(result.labels)) <= {0, 1, 2}
