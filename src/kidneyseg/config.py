@@ -56,6 +56,7 @@ class StageConfig:
     flip_prob: float = 0.5  # per axis
     rotate_deg: float = 15.0  # uniform rotation of axial slices in [-rotate_deg, rotate_deg]
     translate_vox: int = 8  # stage 2: random shift of the crop box, per axis, in voxels
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matrix work to bfloat16 (weights stay fp32)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -70,6 +71,7 @@ class StageConfig:
                f"one class weight per class ({self.network.num_classes})")
         _check(all(w >= 0 for w in self.class_weights) and sum(self.class_weights) > 0, "class weights >= 0")
         _check(self.loss in ("dice", "dice_ce"), "loss is 'dice' or 'dice_ce'")
+        _check(self.precision in ("fp32", "bf16"), "precision is 'fp32' or 'bf16'")
         _check(self.lr > 0 and 0 < self.lr_decay <= 1 and self.weight_decay >= 0, "lr > 0, 0 < lr_decay <= 1")
         _check(self.batch_size >= 1 and self.epochs >= 1 and self.samples_per_epoch >= 0, "positive counts")
         _check(self.max_minutes >= 0 and 0 < self.val_fraction < 1, "max_minutes >= 0, 0 < val_fraction < 1")
@@ -112,9 +114,10 @@ def _paper() -> Preset:
 
 
 def _small(name: str, size: int, base: int, levels: int, epochs: int, minutes: float) -> Preset:
-    """CPU presets: smaller inputs and networks, Dice + cross-entropy and a higher learning rate."""
+    """CPU presets: smaller inputs and networks, Dice + cross-entropy, a higher learning rate and bf16
+    autocast (about 3x faster than fp32 on CPUs with AVX512-BF16 or AMX)."""
     common = dict(input_size=(size,) * 3, loss="dice_ce", lr=3e-3, epochs=epochs, max_minutes=minutes,
-                  samples_per_epoch=32)
+                  samples_per_epoch=32, precision="bf16")
     net = dict(base_filters=base, levels=levels, dropout=0.1, deep_supervision=min(3, levels - 1))
     loc = StageConfig("localizer", network=NetworkConfig(num_classes=2, **net), class_weights=(0.01, 0.99),
                       **common)

@@ -26,6 +26,7 @@ from kidneyseg.geometry import Box, crop, expand_box, paste_max, resize_image, r
 from kidneyseg.postprocess import clean_labels, large_components
 from kidneyseg.preprocess import normalize_ct
 from kidneyseg.training.checkpoint import load_model
+from kidneyseg.training.fit import autocast
 
 
 @dataclass
@@ -107,7 +108,7 @@ def segment(ct: str | Path | io.Volume | np.ndarray, model: TwoStageModel | str 
 def localize(norm: np.ndarray, model: TwoStageModel, timings: dict[str, float]) -> list[Box]:
     """Stage 1 on the normalised CT (X, Y, Z): one paper crop box per kept kidney region."""
     size = model.localizer_config.input_size
-    probs = _predict(model.localizer, resize_image(norm, size), model, timings)
+    probs = _predict(model.localizer, resize_image(norm, size), model, model.localizer_config.precision, timings)
     return kidney_boxes(resize_labels(probs.argmax(0).astype(np.uint8), norm.shape), model.pipeline)
 
 
@@ -123,14 +124,15 @@ def kidney_boxes(mask: np.ndarray, cfg: PipelineConfig) -> list[Box]:
 
 def _segment_patch(patch: np.ndarray, model: TwoStageModel, timings: dict[str, float]) -> np.ndarray:
     """Stage 2 on one crop: labels (uint8) on the crop's own grid."""
-    probs = _predict(model.segmenter, resize_image(patch, model.segmenter_config.input_size), model, timings)
+    stage = model.segmenter_config
+    probs = _predict(model.segmenter, resize_image(patch, stage.input_size), model, stage.precision, timings)
     if model.pipeline.resize_probabilities:
         return resize_image(probs, patch.shape).argmax(0).numpy().astype(np.uint8)
     return resize_labels(probs.argmax(0).astype(np.uint8), patch.shape)
 
 
 @torch.inference_mode()
-def _predict(net: torch.nn.Module, image: torch.Tensor, model: TwoStageModel,
+def _predict(net: torch.nn.Module, image: torch.Tensor, model: TwoStageModel, precision: str,
              timings: dict[str, float]) -> np.ndarray:
     """Softmax probabilities (C, X, Y, Z) for a (1, X, Y, Z) input, optionally averaged over flips."""
     start = time.perf_counter()
@@ -139,7 +141,9 @@ def _predict(net: torch.nn.Module, image: torch.Tensor, model: TwoStageModel,
     total = None
     for dims in flips:
         flipped = torch.flip(x, dims) if dims else x
-        probs = torch.softmax(net(flipped), dim=1)
+        with autocast(precision, model.device):
+            logits = net(flipped)
+        probs = torch.softmax(logits.float(), dim=1)
         probs = torch.flip(probs, dims) if dims else probs
         total = probs if total is None else total + probs
     out = (total / len(flips))[0].float().cpu().numpy()

@@ -1,4 +1,4 @@
-"""Kidneys, renal vessels and tumours of a procedural phantom (mm in the body frame, HU, KiTS labels).
+"""Kidneys and tumours of a procedural phantom (mm in the body frame, HU, KiTS labels).
 
 A kidney is an ellipsoid (about 110 x 55 x 45 mm) whose long axis runs cranio-caudally, tilted so
 the upper pole is medial and posterior, and whose hilum faces antero-medially. Its whole outline
@@ -22,7 +22,6 @@ from kidneyseg.synthetic.shapes import (
     Canvas,
     Tissue,
     box_shape,
-    chain_distance,
     ellipsoid_coords,
     frame,
     norm2,
@@ -67,7 +66,7 @@ def plan_kidneys(rng: np.random.Generator, body: Body) -> list[Kidney]:
     z_centre = rng.uniform(-15, 15) * s
     stagger = rng.uniform(0, 25) * s
     absent = int(rng.integers(2)) if rng.random() < NEPHRECTOMY_RATE else -1
-    cortex = rng.uniform(165, 235)
+    cortex = rng.uniform(185, 235)
     kidneys = []
     for index, side in enumerate((1, -1)):
         semi = KIDNEY_SEMI_MM * s * rng.uniform(0.88, 1.12) * rng.uniform(0.93, 1.07, 3)
@@ -77,7 +76,7 @@ def plan_kidneys(rng: np.random.Generator, body: Body) -> list[Kidney]:
         tilt, tip, turn = np.deg2rad(rng.uniform((8, 5, 20), (20, 15, 40)))
         rot = frame((-side * np.tan(tilt), -np.tan(tip), 1.0), (side * np.cos(turn), -np.sin(turn), 0.0))
         centre = np.array([x, y, z_centre - side * stagger / 2])
-        kidneys.append(Kidney(side, centre, semi, rot, index != absent, cortex + rng.uniform(-8, 8),
+        kidneys.append(Kidney(side, centre, semi, rot, index != absent, cortex + rng.uniform(-6, 6),
                               rng.uniform(60, 130)))
     return kidneys
 
@@ -91,35 +90,15 @@ def paint_perirenal_fat(canvas: Canvas, rng: np.random.Generator, kidney: Kidney
                      protect=OUTSIDE_CAVITY)
 
 
-def paint_renal_vessels(canvas: Canvas, rng: np.random.Generator, body: Body, kidney: Kidney) -> None:
-    """Renal vein to the IVC (the left one passing in front of the aorta) and renal artery from the aorta."""
-    s, hilum = body.scale, kidney.hilum
-    xa, ya, ra = body.aorta
-    xi, yi, _, bi = body.ivc
-    vein = [hilum, [xi, yi, hilum[2] + rng.uniform(-5, 10) * s]]
-    if kidney.side < 0:
-        vein.insert(1, [xa, ya + ra + 7 * s, hilum[2]])
-    artery = [[xa, ya, hilum[2] + rng.uniform(5, 15) * s], hilum + random_unit(rng) * 6 * s]
-    if kidney.side > 0:
-        artery.insert(1, [xi, yi - bi - 4 * s, hilum[2] + 5 * s])
-    for points, radius, hu, tissue, keep_out in (
-        (vein, rng.uniform(4, 6) * s, body.vein_hu, Tissue.VEIN, _KEEP_OUT | {Tissue.ARTERY}),
-        (artery, rng.uniform(2.5, 3.5) * s, body.aorta_hu, Tissue.ARTERY, _KEEP_OUT),
-    ):
-        tube = chain_distance(canvas.grid, np.asarray(points, dtype=float), radius)
-        if tube is not None:
-            canvas.paint(tube[0], tube[1] <= radius, hu, tissue, protect=keep_out)
-
-
 def _pyramid_centres(rng: np.random.Generator) -> list[np.ndarray]:
-    """Centres (normalised kidney coordinates) of 8-11 medullary pyramids around the sinus."""
+    """Centres (normalised kidney coordinates) of 10-14 medullary pyramids around the sinus."""
     centres = []
-    for _ in range(int(rng.integers(8, 12))):
+    for _ in range(int(rng.integers(10, 15))):
         along = rng.uniform(-0.8, 0.8)
         angle = np.deg2rad(rng.uniform(-110, 110))  # 0 = lateral, +-90 = anterior/posterior
         across = np.sqrt(1 - along**2)
         direction = np.array([along, across * np.cos(angle), across * np.sin(angle)])
-        centres.append(0.55 * direction / np.linalg.norm(direction))
+        centres.append(0.5 * direction / np.linalg.norm(direction))
     return centres
 
 
@@ -131,7 +110,7 @@ def paint_kidney(canvas: Canvas, rng: np.random.Generator, kidney: Kidney) -> No
     box, q = shape
     outline = canvas.paint(box, norm2(q) <= 1, kidney.cortex_hu, Tissue.CORTEX, label=KIDNEY, protect=_KEEP_OUT)
     for centre in _pyramid_centres(rng):
-        radius = rng.uniform(0.22, 0.28)
+        radius = rng.uniform(0.26, 0.32)
         pyramid = norm2(q, centre, (radius, radius, radius)) <= 1
         canvas.paint(box, pyramid & outline, kidney.medulla_hu + rng.uniform(-10, 10), Tissue.MEDULLA,
                      label=KIDNEY)

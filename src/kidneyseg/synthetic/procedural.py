@@ -21,24 +21,11 @@ from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
 from kidneyseg.io import save_nifti
-from kidneyseg.synthetic.kidney import (
-    paint_kidney,
-    paint_perirenal_fat,
-    paint_renal_vessels,
-    paint_tumours,
-    plan_kidneys,
-)
+from kidneyseg.synthetic.kidney import paint_kidney, paint_perirenal_fat, paint_tumours, plan_kidneys
 from kidneyseg.synthetic.shapes import Canvas
-from kidneyseg.synthetic.torso import (
-    paint_body,
-    paint_bowel,
-    paint_great_vessels,
-    paint_liver,
-    paint_muscles,
-    paint_spine,
-    paint_spleen,
-    plan_body,
-)
+from kidneyseg.synthetic.skeleton import paint_ribs, paint_spine
+from kidneyseg.synthetic.torso import paint_body, paint_bowel, paint_liver, paint_muscles, paint_spleen, plan_body
+from kidneyseg.synthetic.vessels import paint_great_vessels, paint_mesenteric_vessels, paint_renal_vessels
 
 Shape = tuple[int, int, int]
 Spacing = tuple[float, float, float]
@@ -69,8 +56,10 @@ def render_phantom(rng: np.random.Generator, shape: Shape, spacing_mm: Spacing) 
     canvas = Canvas(grid)
     kidneys = plan_kidneys(rng, body)
     right, left = kidneys
+    z_mean = float(np.mean([right.centre[2], left.centre[2]]))
     paint_body(canvas, rng, body)
-    paint_bowel(canvas, rng, body, float(np.mean([right.centre[2], left.centre[2]])))
+    paint_bowel(canvas, rng, body, z_mean)
+    paint_mesenteric_vessels(canvas, rng, body, z_mean)
     paint_liver(canvas, rng, body, float(right.centre[2]))
     paint_spleen(canvas, rng, body, float(left.centre[2]))
     present = [k for k in kidneys if k.present]
@@ -78,6 +67,7 @@ def render_phantom(rng: np.random.Generator, shape: Shape, spacing_mm: Spacing) 
         paint_perirenal_fat(canvas, rng, kidney)
     paint_muscles(canvas, rng, body, float(max(right.centre[2], left.centre[2]) + 30 * body.scale))
     paint_spine(canvas, rng, body)
+    paint_ribs(canvas, rng, body, float(right.centre[2]) + rng.uniform(0, 25) * body.scale)
     paint_great_vessels(canvas, body)
     for kidney in present:
         paint_renal_vessels(canvas, rng, body, kidney)

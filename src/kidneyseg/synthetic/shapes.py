@@ -1,8 +1,8 @@
 """Geometry for the procedural phantoms: a voxel grid in mm, a canvas to paint tissues on, shapes.
 
 Arrays are (X, Y, Z) in RAS+ voxel order. Coordinates are mm in the phantom's body frame, whose
-axes are those of nibabel's RAS+ world space: x increases towards the patient's Right (nibabel:
-"RAS+ ... the first axis points from left to right"), y towards Anterior, z towards Superior.
+axes are those of nibabel's RAS+ world space: x increases from the patient's left towards the
+patient's Right (the R of RAS+), y towards Anterior, z towards Superior.
 So the liver and right kidney have larger x than the spleen and left kidney. The body frame's
 origin is the centre of the body outline in the middle slice.
 """
@@ -220,6 +220,17 @@ def chain_distance(grid: Grid, points: np.ndarray, pad: float) -> tuple[Box, np.
         dist2 = sum((r - t * d) ** 2 for r, d in zip(rel, step, strict=True))
         best = dist2 if best is None else np.minimum(best, dist2)
     return box, np.sqrt(best)
+
+
+def paint_tube(canvas: Canvas, points: np.ndarray, radius: float, hu: float, tissue: Tissue,
+               **paint_args: object) -> None:
+    """Paint a tube of ``radius`` mm along the polyline ``points`` (n, 3; mm) one segment at a time
+    (each in its own small box); ``paint_args`` go to ``Canvas.paint``."""
+    points = np.asarray(points, dtype=float)
+    for p0, p1 in zip(points[:-1], points[1:], strict=True):
+        segment = chain_distance(canvas.grid, np.stack([p0, p1]), radius)
+        if segment is not None:
+            canvas.paint(segment[0], segment[1] <= radius, hu, tissue, **paint_args)
 
 
 def smooth_noise(rng: np.random.Generator, shape: Sequence[int], sigma_vox: float) -> np.ndarray:

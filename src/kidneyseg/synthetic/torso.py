@@ -13,7 +13,6 @@ import numpy as np
 from kidneyseg.synthetic.shapes import (
     FULL,
     OUTSIDE_CAVITY,
-    SKELETON,
     Canvas,
     Grid,
     Tissue,
@@ -71,7 +70,7 @@ def plan_body(rng: np.random.Generator, shape: Sequence[int], spacing: Sequence[
     ivc = (rng.uniform(16, 28) * s, spine_y + ry + rng.uniform(10, 16) * s,
            rng.uniform(11, 16) * s, rng.uniform(7, 10) * s)
     body = Body(ax, ay, rng.uniform(2.0, 2.6), fat, wall, s, spine_y, rx, ry, aorta, ivc,
-                rng.uniform(200, 300), rng.uniform(110, 150), (float(grid.z[0]), float(grid.z[-1])))
+                rng.uniform(200, 300), rng.uniform(120, 170), (float(grid.z[0]), float(grid.z[-1])))
     return body, grid
 
 
@@ -113,44 +112,6 @@ def paint_muscles(canvas: Canvas, rng: np.random.Generator, body: Body, z_top: f
         canvas.paint(box, paraspinal, hu, Tissue.MUSCLE, protect=BACK)
 
 
-def paint_spine(canvas: Canvas, rng: np.random.Generator, body: Body) -> None:
-    """Lumbar/thoracic vertebrae: bodies (cancellous ~250 HU, cortical rim ~700), discs, canal, arches."""
-    s, ys, rx, ry = body.scale, body.spine_y, body.vert_rx, body.vert_ry
-    rc = rng.uniform(7, 9) * s
-    yc = ys - ry - rc - 2 * s
-    box = canvas.grid.box((-60 * s, yc - rc - 40 * s, -np.inf), (60 * s, ys + ry + 1, np.inf))
-    if box is None:
-        return
-    x, y, z = canvas.grid.coords(box)
-    period, disc_h, rim = rng.uniform(28, 34) * s, rng.uniform(6, 9) * s, 2.5
-    phase = (z - rng.uniform(0, period)) % period
-    disc = phase < disc_h
-    endplate = (phase < disc_h + rim) | (phase > period - rim)
-    r = np.sqrt((x / rx) ** 2 + ((y - ys) / ry) ** 2)
-    vertebra = r <= 1
-    shell = (r > 1 - rim / rx) | endplate
-    canvas.paint(box, vertebra & disc, rng.uniform(70, 100), Tissue.DISC)
-    canvas.paint(box, vertebra & ~disc & ~shell, rng.uniform(220, 280), Tissue.BONE)
-    canvas.paint(box, vertebra & ~disc & shell, rng.uniform(600, 800), Tissue.CORTICAL)
-    level = (phase > disc_h + 2 * s) & (phase < period - 4 * s)
-    canal = np.sqrt(x**2 + (y - yc) ** 2)
-    arch = (canal > rc) & (canal <= rc + 5 * s) & (y <= yc + 0.5 * rc)
-    spinous = (x / (4 * s)) ** 2 + ((y - (yc - rc - 17 * s)) / (15 * s)) ** 2 <= 1
-    transverse = ((np.abs(x) - rx - 8 * s) / (15 * s)) ** 2 + ((y - yc - 0.3 * rc) / (4.5 * s)) ** 2 <= 1
-    canvas.paint(box, (arch | spinous | transverse) & level, rng.uniform(350, 500), Tissue.CORTICAL,
-                 protect=BACK)
-    canvas.paint(box, canal <= rc, rng.uniform(5, 20), Tissue.CSF)
-
-
-def paint_great_vessels(canvas: Canvas, body: Body) -> None:
-    """Aorta (arterial phase, 200-300 HU) left of the midline and IVC right of it, in every slice."""
-    x, y = canvas.grid.x[:, None, None], canvas.grid.y[None, :, None]
-    xa, ya, ra = body.aorta
-    xi, yi, ai, bi = body.ivc
-    canvas.paint(FULL, ((x - xi) / ai) ** 2 + ((y - yi) / bi) ** 2 <= 1, body.vein_hu, Tissue.VEIN)
-    canvas.paint(FULL, (x - xa) ** 2 + (y - ya) ** 2 <= ra**2, body.aorta_hu, Tissue.ARTERY, protect=SKELETON)
-
-
 def paint_liver(canvas: Canvas, rng: np.random.Generator, body: Body, z_right_kidney: float) -> None:
     """Liver (90-120 HU) in the upper right abdomen reaching down beside the right kidney, with vessels."""
     s = body.scale
@@ -165,7 +126,7 @@ def paint_liver(canvas: Canvas, rng: np.random.Generator, body: Body, z_right_ki
     canvas.paint(box, norm2(q) <= 1, rng.uniform(90, 120), Tissue.LIVER, protect=OUTSIDE_CAVITY)
     hilum = centre + rot @ (semi * np.array([-0.45, 0.1, -0.15]))
     vessel_hu = rng.uniform(130, 180)
-    for _ in range(int(rng.integers(2, 5))):
+    for _ in range(int(rng.integers(4, 8))):
         end = centre + rot @ (semi * random_unit(rng) * rng.uniform(0.5, 0.8))
         radius = rng.uniform(3, 6) * s
         tube = chain_distance(canvas.grid, np.stack([hilum, end]), radius)
@@ -174,7 +135,7 @@ def paint_liver(canvas: Canvas, rng: np.random.Generator, body: Body, z_right_ki
 
 
 def paint_spleen(canvas: Canvas, rng: np.random.Generator, body: Body, z_left_kidney: float) -> None:
-    """Spleen (110-140 HU) in the upper left, posterolateral, above the left kidney."""
+    """Spleen (115-150 HU, mottled as in the arterial phase) in the upper left, above the left kidney."""
     s = body.scale
     centre = (-body.ax * rng.uniform(0.5, 0.62), -body.ay * rng.uniform(0.1, 0.35),
               z_left_kidney + rng.uniform(40, 65) * s)
@@ -182,8 +143,9 @@ def paint_spleen(canvas: Canvas, rng: np.random.Generator, body: Body, z_left_ki
     rot = rotation_z(-rng.uniform(20, 45)) @ rotation(rng, 10)
     shape = ellipsoid_coords(canvas.grid, centre, semi, rot)
     if shape is not None:
-        canvas.paint(shape[0], norm2(shape[1]) <= 1, rng.uniform(110, 140), Tissue.SPLEEN,
-                     protect=OUTSIDE_CAVITY)
+        box = shape[0]
+        hu = rng.uniform(115, 150) + rng.uniform(20, 40) * smooth_noise(rng, box_shape(canvas.grid, box), 2.0)
+        canvas.paint(box, norm2(shape[1]) <= 1, hu, Tissue.SPLEEN, protect=OUTSIDE_CAVITY)
 
 
 def _lumen_hu(rng: np.random.Generator, kind: str, y: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
@@ -217,7 +179,7 @@ def _paint_loop(canvas: Canvas, rng: np.random.Generator, points: np.ndarray, ra
 def paint_bowel(canvas: Canvas, rng: np.random.Generator, body: Body, z_kidneys: float) -> None:
     """Stomach, colon frame and small-bowel loops holding fluid, gas, faeces or oral contrast."""
     s, (z_lo, _) = body.scale, body.z_range
-    kinds = ["fluid", "gas-fluid", "gas-fluid", "gas"] + (["contrast"] * 3 if rng.random() < 0.35 else [])
+    kinds = ["fluid", "gas-fluid", "gas-fluid", "gas"] + (["contrast"] * 4 if rng.random() < 0.5 else [])
     front = body.spine_y + body.vert_ry + 25 * s
     lo = np.array([-0.55 * body.ax, front, z_lo])
     hi = np.maximum(np.array([0.6 * body.ax, 0.7 * body.ay, z_kidneys + 60 * s]), lo + 1)

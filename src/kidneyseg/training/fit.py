@@ -103,7 +103,9 @@ def _train_epoch(model, optimizer, loss_fn, transform, train: list[Sample], stag
         images = torch.stack([p[0] for p in pairs]).to(device)
         labels = torch.stack([p[1] for p in pairs]).to(device)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(images), labels)
+        with autocast(stage.precision, device):
+            logits = model(images)
+        loss = loss_fn(logits.float(), labels)
         if not torch.isfinite(loss):
             names = ", ".join(s.case_id for s in batch)
             raise TrainingDivergedError(f"loss became {loss.item()} at epoch {epoch + 1}, iteration {it + 1} "
@@ -124,7 +126,8 @@ def validate(model, val: list[Sample], stage: StageConfig, device: str) -> dict[
     per_region: dict[str, list[float]] = {"val_kidney_tumor": [], "val_tumor": []}
     for sample in val:
         image, label = load_sample(sample, stage, None)
-        pred = model(image[None].to(device)).argmax(1)[0].cpu().numpy()
+        with autocast(stage.precision, device):
+            pred = model(image[None].to(device)).argmax(1)[0].cpu().numpy()
         truth = label[0].numpy()
         per_region["val_kidney_tumor"].append(dice(pred > 0, truth > 0))
         if stage.network.num_classes > 2:
@@ -132,6 +135,12 @@ def validate(model, val: list[Sample], stage: StageConfig, device: str) -> dict[
     scores = {k: float(np.mean(v)) for k, v in per_region.items() if v}
     scores["val_dice"] = float(np.mean(list(scores.values())))
     return scores
+
+
+def autocast(precision: str, device: str) -> torch.autocast:
+    """bf16 autocast on the device's type when ``precision`` is 'bf16'; a no-op context for 'fp32'."""
+    device_type = torch.device(device).type
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def _prepare_run_dir(run_dir: Path, stage: StageConfig, pipeline: PipelineConfig, resume: bool,
