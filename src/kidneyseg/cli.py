@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from kidneyseg.errors import KidneysegError, UsageError
+from kidneyseg.errors import InvalidInputError, KidneysegError, UsageError
 
 EPILOG = ("exit codes: 0 ok, 2 usage, 3 invalid input, 4 bad model file, 5 resource/I-O failure, "
           "6 training diverged (NaN/Inf loss), 7 some cases of a folder run failed")
@@ -23,6 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, help="output folder (case_XXXXX/imaging.nii.gz, segmentation.nii.gz)")
     p.add_argument("--cases", type=int, default=10, help="number of cases (default 10)")
     p.add_argument("--seed", type=int, default=0, help="random seed; case i depends only on (seed, i)")
+
+    p = sub.add_parser("check", help="check every case of a KiTS-layout dataset and report problems",
+                       epilog=EPILOG)
+    p.add_argument("data", type=Path, help="dataset folder (case_XXXXX/imaging.nii.gz, segmentation.nii.gz)")
 
     p = sub.add_parser("train", help="train one stage on a KiTS-layout dataset", epilog=EPILOG)
     p.add_argument("data", type=Path, help="dataset folder (case_XXXXX/imaging.nii.gz, segmentation.nii.gz)")
@@ -87,6 +91,14 @@ def _synth(args) -> int:
     return 0
 
 
+def _check(args) -> int:
+    from kidneyseg.check import check_dataset, format_report
+
+    reports = check_dataset(args.data, progress=sys.stderr.isatty())
+    print(format_report(reports))
+    return InvalidInputError.exit_code if any(r.errors for r in reports) else 0
+
+
 def _train(args) -> int:
     from kidneyseg.config import override, preset
     from kidneyseg.training.fit import fit
@@ -144,7 +156,8 @@ def _version() -> str:
         return "unknown"
 
 
-_COMMANDS = {"synth": _synth, "train": _train, "predict": _predict, "evaluate": _evaluate, "demo": _demo}
+_COMMANDS = {"check": _check, "synth": _synth, "train": _train, "predict": _predict, "evaluate": _evaluate,
+             "demo": _demo}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,7 +26,7 @@ from kidneyseg.io.volume import Volume, canonical_volume
 
 __all__ = [
     "Volume", "atomic_write", "atomic_write_text", "canonical_volume", "check_affine", "check_same_grid",
-    "is_nifti_path", "layout",
+    "is_nifti_path", "layout", "load_case",
     "load_ct", "load_label_map", "save_label_map", "save_nifti",
 ]
 
@@ -55,6 +55,17 @@ def load_label_map(path: str | Path) -> Volume:
     data, affine, header = read_nifti(path)
     labels = check_label_values(np.asarray(data), path)
     return canonical_volume(labels, affine, header, path)
+
+
+def load_case(case: layout.Case) -> tuple[Volume, Volume]:
+    """Image and label map of a dataset case, refusing a pair on different grids."""
+    if case.image is None or case.label is None:
+        raise InvalidInputError(f"case {case.case_id} needs both {layout.IMAGE_NAME} and {layout.LABEL_NAME}",
+                                case.image or case.label)
+    image = load_ct(case.image)
+    labels = load_label_map(case.label)
+    check_same_grid(image.file_affine, image.file_shape, labels.file_affine, labels.file_shape, case.image, case.label)
+    return image, labels
 
 
 def save_label_map(labels: np.ndarray, like: Volume, path: str | Path, *, inputs: tuple[Path, ...] = ()) -> Path:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from kidneyseg import io
 from kidneyseg.config import PipelineConfig, StageConfig
+from kidneyseg.errors import InvalidInputError
 from kidneyseg.geometry import Box, crop, expand_box, resize_image, resize_labels
 from kidneyseg.postprocess import large_components
 from kidneyseg.preprocess import normalize_ct
@@ -64,24 +65,24 @@ def build_cache(cases: list[io.layout.Case], cache_dir: Path, stage: StageConfig
     if cache_dir.exists():
         shutil.rmtree(cache_dir)
     cache_dir.mkdir(parents=True)
-    records = []
+    records, failures = [], []
     for case in tqdm(cases, desc=f"caching {stage.stage}", unit="case", disable=not progress):
-        image, labels = _load_pair(case)
+        try:
+            image, labels = io.load_case(case)
+        except InvalidInputError as exc:
+            failures.append(str(exc))
+            continue
         norm = normalize_ct(image.array, pipeline.hu_min, pipeline.hu_max)
         if stage.stage == "localizer":
-            records.append(_cache_whole(cache_dir, case.case_id, norm, labels, stage.input_size))
+            records.append(_cache_whole(cache_dir, case.case_id, norm, labels.array, stage.input_size))
         else:
-            records.extend(_cache_kidneys(cache_dir, case.case_id, norm, labels, stage, pipeline))
+            records.extend(_cache_kidneys(cache_dir, case.case_id, norm, labels.array, stage, pipeline))
+    if failures:
+        shutil.rmtree(cache_dir)
+        raise InvalidInputError(f"{len(failures)} of {len(cases)} cases failed the input checks (run "
+                                "'kidneyseg check' on the folder for the full report):\n  " + "\n  ".join(failures))
     io.atomic_write_text(index_path, json.dumps({"fingerprint": wanted, "samples": records}, indent=1))
     return _read_index(index_path)
-
-
-def _load_pair(case: io.layout.Case) -> tuple[io.Volume, np.ndarray]:
-    image = io.load_ct(case.image)
-    labels = io.load_label_map(case.label)
-    io.check_same_grid(image.file_affine, image.file_shape, labels.file_affine, labels.file_shape,
-                       case.image, case.label)
-    return image, labels.array
 
 
 def _cache_whole(cache_dir: Path, case_id: str, norm: np.ndarray, labels: np.ndarray, size) -> dict:
