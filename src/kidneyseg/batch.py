@@ -54,9 +54,10 @@ def _case_id(path: Path) -> str:
 
 
 def predict_inputs(inputs: Path, out_dir: Path, model_dir: Path, *, overwrite: bool = False, tta: bool = False,
-                   device: str = "cpu", progress: bool = True) -> PredictSummary:
-    """Segment every input into ``out_dir/<case_id>.nii.gz``. One bad case is reported and the
-    others still run; existing outputs are skipped unless ``overwrite``."""
+                   device: str = "cpu", progress: bool = True, allow_4d: bool = False) -> PredictSummary:
+    """Segment every input into ``out_dir/<case_id>.nii.gz``. In a folder run one bad case is
+    reported and the others still run (a single input raises its error); existing outputs are
+    skipped unless ``overwrite``; a full disk stops the run."""
     from kidneyseg.inference import load_model_dir, segment
 
     todo = find_inputs(Path(inputs))
@@ -69,11 +70,13 @@ def predict_inputs(inputs: Path, out_dir: Path, model_dir: Path, *, overwrite: b
             summary.skipped.append(case_id)
             continue
         try:
-            segment(path, model).save(target)
+            segment(io.load_ct(path, allow_4d=allow_4d), model).save(target)
             summary.written.append(case_id)
         except ResourceError:
             raise
         except KidneysegError as exc:
+            if len(todo) == 1:
+                raise  # a single input: its own error and exit code, not a folder summary
             summary.failed[case_id] = str(exc)
         except Exception as exc:  # noqa: BLE001 - one broken case must not stop the folder run
             summary.failed[case_id] = f"{path}: unexpected {type(exc).__name__}: {exc}"

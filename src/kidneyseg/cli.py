@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, help="override the preset's training time limit (0 = none)")
     p.add_argument("--seed", type=int, help="override the preset's seed")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any stage setting, e.g. --set lr=1e-3 --set network.base_filters=8")
+                   help="override any setting, e.g. --set lr=1e-3 --set network.base_filters=8 "
+                        "--set pipeline.min_box_vox=32")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
 
     p = sub.add_parser("predict", help="segment a CT file, DICOM folder or KiTS-layout folder", epilog=EPILOG)
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="model directory written by 'kidneyseg train'")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     p.add_argument("--tta", action="store_true", help="average predictions over flips (test-time augmentation)")
+    p.add_argument("--allow-4d", action="store_true", help="accept 4D images and use their first volume")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
 
     p = sub.add_parser("evaluate", help="KiTS19 Dice scores of predictions against ground truth", epilog=EPILOG)
@@ -60,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="working folder (default demo-output)")
     p.add_argument("--cases", type=int, default=24, help="training cases to synthesise (default 24)")
     p.add_argument("--heldout", type=int, default=6, help="held-out cases to score (default 6)")
-    p.add_argument("--minutes", type=float, default=3.5, help="training minutes per stage (default 3.5)")
+    p.add_argument("--minutes", type=float, default=0.0,
+                   help="cap on each stage's training minutes (default 0: the tiny preset's epochs, about 8 min "
+                        "in all on 2 CPU cores)")
     p.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -100,14 +104,13 @@ def _check(args) -> int:
 
 
 def _train(args) -> int:
-    from kidneyseg.config import override, preset
+    from kidneyseg.config import override_preset, preset
     from kidneyseg.training.fit import fit
 
-    chosen = preset(args.preset)
     extra = [f"{k}={v}" for k, v in (("epochs", args.epochs), ("max_minutes", args.minutes), ("seed", args.seed))
              if v is not None]
-    stage = override(chosen.stage(args.stage), extra + args.overrides)
-    result = fit(args.data, args.out, stage, chosen.pipeline, resume=args.resume, overwrite=args.overwrite,
+    stage, pipeline = override_preset(preset(args.preset), args.stage, extra + args.overrides)
+    result = fit(args.data, args.out, stage, pipeline, resume=args.resume, overwrite=args.overwrite,
                  device=args.device)
     print(f"{args.stage}: {result.epochs_done} epochs, {result.minutes:.1f} min, best validation Dice "
           f"{result.best_val_dice:.3f}; weights in {result.run_dir}")
@@ -118,7 +121,7 @@ def _predict(args) -> int:
     from kidneyseg.batch import predict_inputs
 
     summary = predict_inputs(args.input, args.out_dir, args.model, overwrite=args.overwrite, tta=args.tta,
-                             device=args.device)
+                             device=args.device, allow_4d=args.allow_4d)
     print(summary.describe())
     return summary.exit_code()
 

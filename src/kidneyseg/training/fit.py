@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from kidneyseg import io
-from kidneyseg.config import PipelineConfig, StageConfig, stage_from_dict, to_dict, to_json
+from kidneyseg.config import PipelineConfig, StageConfig, pipeline_from_dict, stage_from_dict, to_dict, to_json
 from kidneyseg.errors import TrainingDivergedError, UsageError
 from kidneyseg.evaluation import dice
 from kidneyseg.training.augment import make_augment
@@ -159,9 +159,21 @@ def _prepare_run_dir(run_dir: Path, stage: StageConfig, pipeline: PipelineConfig
         for name in ("last_state.pt", "best.safetensors", "last.safetensors", "log.csv", "curves.png"):
             (run_dir / name).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob(".*.tmp*"):  # left by a run killed while writing; the real files are intact
+        stale.unlink()
     text = json.dumps({"stage": to_dict(stage), "pipeline": to_dict(pipeline)}, indent=2, sort_keys=True)
     io.atomic_write_text(config_path, text)
-    io.atomic_write_text(run_dir.parent / "pipeline.json", to_json(pipeline))
+    _write_pipeline(run_dir.parent / "pipeline.json", pipeline, overwrite)
+
+
+def _write_pipeline(path: Path, pipeline: PipelineConfig, overwrite: bool) -> None:
+    """The model directory's inference settings; both stages must share the HU window."""
+    if path.exists() and not overwrite:
+        previous = pipeline_from_dict(json.loads(path.read_text()))
+        if (previous.hu_min, previous.hu_max) != (pipeline.hu_min, pipeline.hu_max):
+            raise UsageError(f"the other stage here was trained with the HU window [{previous.hu_min}, "
+                             f"{previous.hu_max}], this one uses [{pipeline.hu_min}, {pipeline.hu_max}]", path)
+    io.atomic_write_text(path, to_json(pipeline))
 
 
 def _save_epoch(run_dir, model, optimizer, scheduler, stage, epoch, best, minutes, log, improved) -> None:
