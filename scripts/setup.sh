@@ -9,5 +9,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 spec="."
 [ -n "${1:-}" ] && spec=".[$1]"
-.venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
 .venv/bin/python -m pip install --quiet -c constraints.txt -e "$spec"

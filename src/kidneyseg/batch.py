@@ -61,7 +61,7 @@ def predict_inputs(inputs: Path, out_dir: Path, model_dir: Path, *, overwrite: b
     from kidneyseg.inference import load_model_dir, segment
 
     todo = find_inputs(Path(inputs))
-    model = load_model_dir(model_dir, device=device, tta_flips=tta)
+    model = load_model_dir(model_dir, device=device, **({"tta_flips": True} if tta else {}))
     summary, start = PredictSummary(), time.perf_counter()
     out_dir = Path(out_dir)
     for case_id, path in tqdm(todo, desc="predict", unit="case", disable=not progress or len(todo) < 2):

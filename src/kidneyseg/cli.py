@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path, help="writes OUT_DIR/<case_id>.nii.gz")
     p.add_argument("--model", type=Path, required=True, help="model directory written by 'kidneyseg train'")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
-    p.add_argument("--tta", action="store_true", help="average predictions over flips (test-time augmentation)")
+    p.add_argument("--tta", action="store_true", help="average predictions over flips (test-time augmentation), "
+                   "also when the model's pipeline.json does not ask for it")
     p.add_argument("--allow-4d", action="store_true", help="accept 4D images and use their first volume")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
 
@@ -60,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="synthesise phantoms, train both stages, predict and score held-out cases",
                        epilog=EPILOG)
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="working folder (default demo-output)")
-    p.add_argument("--cases", type=int, default=24, help="training cases to synthesise (default 24)")
-    p.add_argument("--heldout", type=int, default=6, help="held-out cases to score (default 6)")
+    p.add_argument("--cases", type=int, default=40, help="training cases to synthesise (default 40)")
+    p.add_argument("--heldout", type=int, default=8, help="held-out cases to score (default 8)")
     p.add_argument("--minutes", type=float, default=0.0,
                    help="cap on each stage's training minutes (default 0: the tiny preset's epochs, about 8 min "
                         "in all on 2 CPU cores)")

@@ -130,10 +130,13 @@ def _small(name: str, size: int, base: int, levels: int, epochs: tuple[int, int]
 # The demo phantoms have voxels of about 3 mm, some 4x coarser than KiTS19 in-plane, where the
 # paper's 10-voxel margin and 64-voxel minimum mean about 8 mm and 51 mm. The tiny preset keeps
 # boxes of a similar size in mm (6 and 32 voxels); with 64 the kidney would fill a quarter of each axis.
+# Resizing probabilities and flip averaging raised the demo's held-out kidney+tumour Dice from 0.900
+# to 0.914 at a negligible cost at this size (see README).
 PRESETS = {
     "paper": _paper,
     "small": lambda: _small("small", 96, 8, 5, (300, 300), 30.0, PipelineConfig()),
-    "tiny": lambda: _small("tiny", 48, 8, 4, (15, 28), 0.0, PipelineConfig(margin_vox=6, min_box_vox=32)),
+    "tiny": lambda: _small("tiny", 48, 8, 4, (15, 28), 0.0,
+                           PipelineConfig(margin_vox=6, min_box_vox=32, resize_probabilities=True, tta_flips=True)),
 }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from kidneyseg.config import override, preset
 
 
-def run_demo(out: Path, *, cases: int = 24, heldout: int = 6, minutes: float = 0.0, seed: int = 0,
+def run_demo(out: Path, *, cases: int = 40, heldout: int = 8, minutes: float = 0.0, seed: int = 0,
              progress: bool | None = None) -> dict[str, dict[str, float]]:
     """Run the whole demo in ``out``; print a per-case table; return the held-out scores.
 

@@ -1,9 +1,11 @@
-"""Kidneys and tumours of a procedural phantom (mm in the body frame, HU, KiTS labels).
+"""Kidneys and tumours of a procedural phantom: placement (mm in the body frame) and labels.
 
 A kidney is an ellipsoid (about 110 x 55 x 45 mm) whose long axis runs cranio-caudally, tilted so
 the upper pole is medial and posterior, and whose hilum faces antero-medially. Its whole outline
-is labelled kidney (1): bright cortex, darker medullary pyramids, renal sinus fat and pelvis.
-Tumours (label 2) are lumpy blobs centred near the kidney surface, so partly exophytic.
+is labelled kidney (1); ``renal`` draws the cortex, medullary pyramids, sinus fat and pelvis
+inside it. Tumours (label 2) are lumpy blobs centred near the kidney surface, so partly
+exophytic. The label map is drawn first; the shared renderer (``scene``) then draws the CT
+around and inside it, exactly as it does for a real KiTS19 label map.
 """
 
 from __future__ import annotations
@@ -13,29 +15,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from kidneyseg.labels import KIDNEY, TUMOR
-from kidneyseg.synthetic.shapes import (
-    GREAT_VESSELS,
-    KIDNEY_TISSUES,
-    OUTSIDE_CAVITY,
-    SKELETON,
-    TUMOUR_TISSUES,
-    Canvas,
-    Tissue,
-    box_shape,
-    ellipsoid_coords,
-    frame,
-    norm2,
-    random_unit,
-    smooth_noise,
-)
+from kidneyseg.synthetic.contrast import Contrast
+from kidneyseg.synthetic.shapes import Grid, box_shape, ellipsoid_coords, frame, norm2, random_unit, smooth_noise
 from kidneyseg.synthetic.torso import Body
 
 NEPHRECTOMY_RATE = 0.15
 KIDNEY_SEMI_MM = np.array([55.0, 27.5, 22.5])  # long axis, lateral (width), depth
 TUMOUR_RADIUS_MM = (6.0, 35.0)
-_KEEP_OUT = SKELETON | OUTSIDE_CAVITY
-_SINUS = ((0.0, -0.45, 0.0), (0.5, 0.58, 0.42))  # centre, semi-axes in normalised kidney coordinates
-_PELVIS = ((0.0, -0.5, 0.0), (0.22, 0.3, 0.2))
+SINUS = ((0.0, -0.45, 0.0), (0.5, 0.58, 0.42))  # centre, semi-axes in normalised kidney coordinates
+PELVIS = ((0.0, -0.5, 0.0), (0.22, 0.3, 0.2))
+HILUM_TURN_DEG = (20.0, 40.0)  # the hilum faces medially, turned this far anteriorly
 
 
 @dataclass(frozen=True)
@@ -60,37 +49,38 @@ class Kidney:
         return self.to_world(np.array([0.0, -0.9, 0.0]))
 
 
+def lateral_direction(rng: np.random.Generator, side: int) -> tuple[float, float, float]:
+    """Unit vector (mm frame) from the hilum to the convex lateral border of a ``side`` kidney."""
+    turn = np.deg2rad(rng.uniform(*HILUM_TURN_DEG))
+    return side * float(np.cos(turn)), -float(np.sin(turn)), 0.0
+
+
+def kidney_hu(rng: np.random.Generator, contrast: Contrast) -> tuple[float, float]:
+    """One kidney's cortex (150-250 HU) and medulla (60-130 HU) from the case's contrast."""
+    cortex = float(np.clip(contrast.cortex + rng.uniform(-6, 6), 150, 250))
+    return cortex, float(np.clip(contrast.medulla + rng.uniform(-8, 8), 60, 130))
+
+
 def plan_kidneys(rng: np.random.Generator, body: Body) -> list[Kidney]:
     """Right and left kidney lateral to the spine, the right one usually lower; one may be absent."""
     s = body.scale
     z_centre = rng.uniform(-15, 15) * s
     stagger = rng.uniform(0, 25) * s
     absent = int(rng.integers(2)) if rng.random() < NEPHRECTOMY_RATE else -1
-    cortex = rng.uniform(185, 235)
     kidneys = []
     for index, side in enumerate((1, -1)):
         semi = KIDNEY_SEMI_MM * s * rng.uniform(0.88, 1.12) * rng.uniform(0.93, 1.07, 3)
         y = body.spine_y + rng.uniform(0, 15) * s
         room = body.half_width(y, body.fat_mm + body.wall_mm) - semi[1] - 6 * s
         x = side * max(min(body.vert_rx + rng.uniform(35, 50) * s, room), body.vert_rx + semi[1])
-        tilt, tip, turn = np.deg2rad(rng.uniform((8, 5, 20), (20, 15, 40)))
-        rot = frame((-side * np.tan(tilt), -np.tan(tip), 1.0), (side * np.cos(turn), -np.sin(turn), 0.0))
+        tilt, tip = np.deg2rad(rng.uniform((8, 5), (20, 15)))
+        rot = frame((-side * np.tan(tilt), -np.tan(tip), 1.0), lateral_direction(rng, side))
         centre = np.array([x, y, z_centre - side * stagger / 2])
-        kidneys.append(Kidney(side, centre, semi, rot, index != absent, cortex + rng.uniform(-6, 6),
-                              rng.uniform(60, 130)))
+        kidneys.append(Kidney(side, centre, semi, rot, index != absent, *kidney_hu(rng, body.contrast)))
     return kidneys
 
 
-def paint_perirenal_fat(canvas: Canvas, rng: np.random.Generator, kidney: Kidney) -> None:
-    """Fat inside Gerota's fascia, a few mm around the kidney (carves into liver, spleen, bowel)."""
-    margin = rng.uniform(3, 12)
-    shape = ellipsoid_coords(canvas.grid, kidney.centre, kidney.semi + margin, kidney.rot)
-    if shape is not None:
-        canvas.paint(shape[0], norm2(shape[1]) <= 1, rng.uniform(-110, -80), Tissue.PERIRENAL_FAT,
-                     protect=OUTSIDE_CAVITY)
-
-
-def _pyramid_centres(rng: np.random.Generator) -> list[np.ndarray]:
+def pyramid_centres(rng: np.random.Generator) -> list[np.ndarray]:
     """Centres (normalised kidney coordinates) of 10-14 medullary pyramids around the sinus."""
     centres = []
     for _ in range(int(rng.integers(10, 15))):
@@ -100,22 +90,6 @@ def _pyramid_centres(rng: np.random.Generator) -> list[np.ndarray]:
         direction = np.array([along, across * np.cos(angle), across * np.sin(angle)])
         centres.append(0.5 * direction / np.linalg.norm(direction))
     return centres
-
-
-def paint_kidney(canvas: Canvas, rng: np.random.Generator, kidney: Kidney) -> None:
-    """Cortex (150-250 HU), medullary pyramids (60-130), sinus fat (-100..-50) and pelvis; label 1."""
-    shape = ellipsoid_coords(canvas.grid, kidney.centre, kidney.semi, kidney.rot)
-    if shape is None:
-        return
-    box, q = shape
-    outline = canvas.paint(box, norm2(q) <= 1, kidney.cortex_hu, Tissue.CORTEX, label=KIDNEY, protect=_KEEP_OUT)
-    for centre in _pyramid_centres(rng):
-        radius = rng.uniform(0.26, 0.32)
-        pyramid = norm2(q, centre, (radius, radius, radius)) <= 1
-        canvas.paint(box, pyramid & outline, kidney.medulla_hu + rng.uniform(-10, 10), Tissue.MEDULLA,
-                     label=KIDNEY)
-    canvas.paint(box, (norm2(q, *_SINUS) <= 1) & outline, rng.uniform(-100, -50), Tissue.SINUS, label=KIDNEY)
-    canvas.paint(box, (norm2(q, *_PELVIS) <= 1) & outline, rng.uniform(0, 20), Tissue.PELVIS, label=KIDNEY)
 
 
 def _lobes(rng: np.random.Generator, kidney: Kidney, radius: float) -> list[tuple[np.ndarray, float]]:
@@ -128,46 +102,50 @@ def _lobes(rng: np.random.Generator, kidney: Kidney, radius: float) -> list[tupl
     return lobes
 
 
-def paint_tumour(canvas: Canvas, rng: np.random.Generator, kidney: Kidney) -> int:
-    """One lumpy, heterogeneous tumour (40-200 HU, necrotic ~20 HU centre when large) on ``kidney``.
+def _keep_out(body: Body, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Where no kidney or tumour may be drawn (x, y mm broadcasting): outside the abdominal wall,
+    in the vertebral bodies, aorta or IVC."""
+    xa, ya, ra = body.aorta
+    xi, yi, ai, bi = body.ivc
+    vertebra = (x / body.vert_rx) ** 2 + ((y - body.spine_y) / body.vert_ry) ** 2 <= 1
+    aorta = (x - xa) ** 2 + (y - ya) ** 2 <= (ra + 2) ** 2
+    ivc = ((x - xi) / (ai + 2)) ** 2 + ((y - yi) / (bi + 2)) ** 2 <= 1
+    return ~body.in_cavity(x, y) | vertebra | aorta | ivc
 
-    The tumour pushes a thin rim of fat ahead of it into neighbouring organs. Returns the
-    number of voxels labelled tumour (2).
-    """
+
+def draw_tumour(rng: np.random.Generator, labels: np.ndarray, grid: Grid, body: Body, kidney: Kidney) -> int:
+    """Label one lumpy tumour (2) near ``kidney``'s surface in ``labels`` ((X, Y, Z) on ``grid``);
+    returns the number of voxels labelled."""
     radius = min(float(rng.uniform(*TUMOUR_RADIUS_MM)), 0.8 * float(kidney.semi[0]))
     lobes = _lobes(rng, kidney, radius)
-    rim_mm = rng.uniform(2, 5)
     centre = lobes[0][0]
-    box = canvas.grid.box(centre - 1.7 * radius - rim_mm, centre + 1.7 * radius + rim_mm)
+    box = grid.box(centre - 1.7 * radius, centre + 1.7 * radius)
     if box is None:
         return 0
-    shape = box_shape(canvas.grid, box)
-    xyz = canvas.grid.coords(box)
-
-    def scaled_distance(point: np.ndarray, r: float) -> np.ndarray:
-        return np.sqrt(sum((c - p) ** 2 for c, p in zip(xyz, point, strict=True))) / r
-
-    field = np.minimum.reduce([scaled_distance(c, r) for c, r in lobes]) + 0.06 * smooth_noise(rng, shape, 1.5)
-    keep_out = _KEEP_OUT | GREAT_VESSELS
-    canvas.paint(box, field <= 1 + rim_mm / radius, rng.uniform(-110, -80), Tissue.PERIRENAL_FAT,
-                 protect=keep_out | KIDNEY_TISSUES | TUMOUR_TISSUES)
-    hu = rng.uniform(40, 200) + rng.uniform(10, 35) * smooth_noise(rng, shape, 1.2)
-    painted = canvas.paint(box, field <= 1, hu, Tissue.TUMOUR, label=TUMOR, protect=keep_out)
-    if radius > 20:
-        core = scaled_distance(centre, radius) + 0.1 * smooth_noise(rng, shape, 1.5)
-        necrosis = rng.uniform(10, 30) + 5 * smooth_noise(rng, shape, 1.0)
-        canvas.paint(box, core <= rng.uniform(0.35, 0.55), necrosis, Tissue.NECROSIS, label=TUMOR,
-                     where={Tissue.TUMOUR})
-    return int(painted.sum())
+    xyz = grid.coords(box)
+    distances = [np.sqrt(sum((c - p) ** 2 for c, p in zip(xyz, point, strict=True))) / r for point, r in lobes]
+    field = np.minimum.reduce(distances) + 0.06 * smooth_noise(rng, box_shape(grid, box), 1.5)
+    inside = (field <= 1) & ~_keep_out(body, xyz[0], xyz[1])
+    labels[box][inside] = TUMOR
+    return int(inside.sum())
 
 
-def paint_tumours(canvas: Canvas, rng: np.random.Generator, kidneys: list[Kidney]) -> None:
-    """1-2 tumours, each on a random present kidney; redrawn until at least one voxel is tumour."""
+def draw_kidney_labels(rng: np.random.Generator, grid: Grid, body: Body, kidneys: list[Kidney]) -> np.ndarray:
+    """The label map ((X, Y, Z) uint8 on ``grid``) of the present kidneys (1) and 1-2 tumours (2),
+    redrawn until at least one voxel is tumour."""
+    labels = np.zeros(grid.shape, dtype=np.uint8)
     present = [k for k in kidneys if k.present]
+    for kidney in present:
+        shape = ellipsoid_coords(grid, kidney.centre, kidney.semi, kidney.rot)
+        if shape is not None:
+            box, q = shape
+            x, y, _ = grid.coords(box)
+            labels[box][(norm2(q) <= 1) & ~_keep_out(body, x, y)] = KIDNEY
     count = 0
     for _ in range(int(rng.integers(1, 3))):
-        count += paint_tumour(canvas, rng, present[rng.integers(len(present))])
+        count += draw_tumour(rng, labels, grid, body, present[rng.integers(len(present))])
     for _ in range(20):
         if count:
-            return
-        count = paint_tumour(canvas, rng, present[rng.integers(len(present))])
+            break
+        count = draw_tumour(rng, labels, grid, body, present[rng.integers(len(present))])
+    return labels

@@ -1,11 +1,12 @@
 """Procedural phantom CTs of the abdomen with kidney and tumour labels: the demo and test data.
 
-Each phantom is a contrast-enhanced (corticomedullary phase) abdominal CT drawn from random but
-plausible anatomy: body wall, spine and ribs, back muscles, aorta, IVC and mesenteric vessels,
-liver, spleen, bowel with fluid, gas or oral contrast, and kidneys with cortex, medulla and
-sinus fat, carrying 1-2 tumours. Several non-kidney structures (aorta and other arteries, bone,
+Each phantom is a contrast-enhanced (late arterial, corticomedullary phase) abdominal CT drawn
+from random but plausible anatomy: body wall, spine and ribs, back muscles, aorta, IVC and
+mesenteric vessels, liver, spleen, bowel with fluid, gas or oral contrast, and kidneys with
+cortex, medulla and sinus fat, carrying 1-2 tumours. Several non-kidney structures (aorta and other arteries, bone,
 spleen, liver vessels, renal veins, oral contrast) share the kidney's HU range, so no single HU
-window segments the kidneys (the best one scores a Dice of about 0.3-0.7).
+window segments the kidneys (the best one scores a Dice of about 0.3-0.7). ``from_labels`` draws
+the same kind of CT around real KiTS19 label maps with the same renderer (``scene``).
 
 World coordinates are nibabel's RAS+ (mm): x increases towards the patient's Right, y towards
 Anterior, z towards Superior. Arrays are (X, Y, Z) in RAS+ voxel order unless written otherwise.
@@ -18,23 +19,19 @@ from pathlib import Path
 
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
-from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
 from kidneyseg.io import save_nifti
-from kidneyseg.synthetic.kidney import paint_kidney, paint_perirenal_fat, paint_tumours, plan_kidneys
-from kidneyseg.synthetic.shapes import Canvas
-from kidneyseg.synthetic.skeleton import paint_ribs, paint_spine
-from kidneyseg.synthetic.torso import paint_body, paint_bowel, paint_liver, paint_muscles, paint_spleen, plan_body
-from kidneyseg.synthetic.vessels import paint_great_vessels, paint_mesenteric_vessels, paint_renal_vessels
+from kidneyseg.synthetic.contrast import tumour_profile
+from kidneyseg.synthetic.kidney import draw_kidney_labels, plan_kidneys
+from kidneyseg.synthetic.scene import Scene, render_scene
+from kidneyseg.synthetic.torso import plan_body
 
 Shape = tuple[int, int, int]
 Spacing = tuple[float, float, float]
 
 RAS_CODES = ("R", "A", "S")
 KITS_CODES = ("I", "P", "L")  # KiTS19's files: array (z, y, x), affine [[0,0,-sx],[0,-sy,0],[-sz,0,0]]
-BLUR_SIGMA_VOX = (0.4, 0.4, 0.45)  # partial volume; along Z that is 0.45 x the slice thickness in mm
-HU_LIMITS = (-1024, 3071)
 
 
 @dataclass(frozen=True)
@@ -50,40 +47,19 @@ class Phantom:
 def render_phantom(rng: np.random.Generator, shape: Shape, spacing_mm: Spacing) -> Phantom:
     """Draw one phantom of ``shape`` voxels (X, Y, Z) of ``spacing_mm`` (mm along X, Y, Z).
 
-    Meant for a field of view like an abdominal CT's (about 300-450 mm in-plane, 150 mm or more
-    cranio-caudally); smaller fields get proportionally smaller anatomy.
+    First the torso and kidneys are planned and the kidney and tumour labels drawn; then the
+    shared renderer (``scene.render_scene``) draws the CT around and inside those labels, as it
+    does for real label maps. Meant for a field of view like an abdominal CT's (about 300-450 mm
+    in-plane, 150 mm or more cranio-caudally); smaller fields get proportionally smaller anatomy.
+    The tissue map is complete when the voxels are at least about 2.3 mm (as ``random_geometry``'s).
     """
     body, grid = plan_body(rng, shape, spacing_mm)
-    canvas = Canvas(grid)
     kidneys = plan_kidneys(rng, body)
-    right, left = kidneys
-    z_mean = float(np.mean([right.centre[2], left.centre[2]]))
-    paint_body(canvas, rng, body)
-    paint_bowel(canvas, rng, body, z_mean)
-    paint_mesenteric_vessels(canvas, rng, body, z_mean)
-    paint_liver(canvas, rng, body, float(right.centre[2]))
-    paint_spleen(canvas, rng, body, float(left.centre[2]))
-    present = [k for k in kidneys if k.present]
-    for kidney in present:
-        paint_perirenal_fat(canvas, rng, kidney)
-    paint_muscles(canvas, rng, body, float(max(right.centre[2], left.centre[2]) + 30 * body.scale))
-    paint_spine(canvas, rng, body)
-    paint_ribs(canvas, rng, body, float(right.centre[2]) + rng.uniform(0, 25) * body.scale)
-    paint_great_vessels(canvas, body)
-    for kidney in present:
-        paint_renal_vessels(canvas, rng, body, kidney)
-    for kidney in present:
-        paint_kidney(canvas, rng, kidney)
-    paint_tumours(canvas, rng, kidneys)
-    return Phantom(_acquire(rng, canvas.hu), canvas.labels, canvas.tissue)
-
-
-def _acquire(rng: np.random.Generator, hu: np.ndarray) -> np.ndarray:
-    """Partial-volume blur, a per-case HU shift of +-15 and Gaussian noise (SD 10-20 HU) -> int16."""
-    image = gaussian_filter(hu, BLUR_SIGMA_VOX, mode="nearest", truncate=3.0)
-    image += np.float32(rng.uniform(-15, 15))
-    image += np.float32(rng.uniform(10, 20)) * rng.standard_normal(image.shape, dtype=np.float32)
-    return np.clip(np.rint(image), *HU_LIMITS).astype(np.int16)
+    labels = draw_kidney_labels(rng, grid, body, kidneys)
+    spacing = (float(spacing_mm[0]), float(spacing_mm[1]), float(spacing_mm[2]))
+    scene = Scene(grid, spacing, labels, body, (kidneys[0], kidneys[1]), tumour_profile(None, rng))
+    rendered = render_scene(rng, scene)
+    return Phantom(rendered.ct, labels, rendered.tissue)
 
 
 def make_phantom(rng: np.random.Generator, shape: Shape, spacing_mm: Spacing) -> tuple[np.ndarray, np.ndarray]:

@@ -45,7 +45,10 @@ class Tissue(IntEnum):
     SINUS = 18  # renal sinus fat
     PELVIS = 19  # urine in the renal pelvis
     TUMOUR = 20
-    NECROSIS = 21
+    NECROSIS = 21  # and the other low-attenuation parts of tumours: scar, cysts, fat
+    LUNG = 22
+    HEART = 23  # myocardium
+    URINE = 24  # bladder contents
 
 
 KIDNEY_TISSUES = frozenset({Tissue.CORTEX, Tissue.MEDULLA, Tissue.SINUS, Tissue.PELVIS})

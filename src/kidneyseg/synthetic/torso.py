@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kidneyseg.synthetic.contrast import Contrast, plan_contrast
 from kidneyseg.synthetic.shapes import (
     FULL,
     OUTSIDE_CAVITY,
@@ -31,7 +32,7 @@ BACK = frozenset({Tissue.AIR, Tissue.SUBCUT_FAT})
 
 @dataclass(frozen=True)
 class Body:
-    """Landmarks of one phantom's torso (mm, body frame)."""
+    """Landmarks of one phantom's torso (mm, body frame) and its contrast enhancement (HU)."""
 
     ax: float  # half width of the body outline (x)
     ay: float  # half depth of the body outline (y)
@@ -44,14 +45,43 @@ class Body:
     vert_ry: float  # vertebral body half depth
     aorta: tuple[float, float, float]  # x, y, radius
     ivc: tuple[float, float, float, float]  # x, y, half width, half depth
-    aorta_hu: float
-    vein_hu: float
+    contrast: Contrast
     z_range: tuple[float, float]  # first and last slice centre
+
+    @property
+    def aorta_hu(self) -> float:
+        return self.contrast.aorta
+
+    @property
+    def vein_hu(self) -> float:
+        return self.contrast.vein
 
     def half_width(self, y: float, inset: float) -> float:
         """Half width (mm) at depth ``y`` of the outline shrunk by ``inset`` mm."""
         a, b = self.ax - inset, self.ay - inset
         return a * max(1.0 - (abs(y) / b) ** self.power, 0.0) ** (1.0 / self.power)
+
+    def in_cavity(self, x: np.ndarray, y: np.ndarray, margin: float = 0.0) -> np.ndarray:
+        """Whether points (mm, broadcasting arrays) lie ``margin`` mm inside the abdominal wall."""
+        inset = self.fat_mm + self.wall_mm + margin
+        a, b = max(self.ax - inset, 1.0), max(self.ay - inset, 1.0)
+        return (np.abs(x) / a) ** self.power + (np.abs(y) / b) ** self.power <= 1
+
+
+def draw_torso(rng: np.random.Generator, ax: float, ay: float, scale: float, z_range: tuple[float, float],
+               min_back_mm: float = 0.0) -> Body:
+    """A torso of outline half axes ``ax``, ``ay`` (mm) whose spine lies 55-70 mm (times ``scale``,
+    and at least ``min_back_mm``) in front of the inside of the back wall."""
+    s = scale
+    fat, wall = rng.uniform(8, 25) * s, rng.uniform(6, 12) * s
+    spine_y = -ay + fat + wall + max(rng.uniform(55, 70) * s, min_back_mm)
+    rx, ry = rng.uniform(19, 24) * s, rng.uniform(15, 18) * s
+    ra = rng.uniform(9, 13) * s
+    aorta = (-rng.uniform(5, 18) * s, spine_y + ry + ra + rng.uniform(2, 6) * s, ra)
+    ivc = (rng.uniform(16, 28) * s, spine_y + ry + rng.uniform(10, 16) * s,
+           rng.uniform(11, 16) * s, rng.uniform(7, 10) * s)
+    return Body(ax, ay, rng.uniform(2.0, 2.6), fat, wall, s, spine_y, rx, ry, aorta, ivc, plan_contrast(rng),
+                z_range)
 
 
 def plan_body(rng: np.random.Generator, shape: Sequence[int], spacing: Sequence[float]) -> tuple[Body, Grid]:
@@ -61,16 +91,7 @@ def plan_body(rng: np.random.Generator, shape: Sequence[int], spacing: Sequence[
     ay = min(fov[1] / 2 * rng.uniform(0.80, 0.92), 0.85 * ax)
     offset = rng.uniform(-0.6, 0.6, 2) * (fov / 2 - (ax, ay))
     grid = Grid.centred(shape, spacing, (offset[0], offset[1], 0.0))
-    s = min(1.0, ax / 140.0)
-    fat, wall = rng.uniform(8, 25) * s, rng.uniform(6, 12) * s
-    spine_y = -ay + fat + wall + rng.uniform(55, 70) * s
-    rx, ry = rng.uniform(19, 24) * s, rng.uniform(15, 18) * s
-    ra = rng.uniform(9, 13) * s
-    aorta = (-rng.uniform(5, 18) * s, spine_y + ry + ra + rng.uniform(2, 6) * s, ra)
-    ivc = (rng.uniform(16, 28) * s, spine_y + ry + rng.uniform(10, 16) * s,
-           rng.uniform(11, 16) * s, rng.uniform(7, 10) * s)
-    body = Body(ax, ay, rng.uniform(2.0, 2.6), fat, wall, s, spine_y, rx, ry, aorta, ivc,
-                rng.uniform(200, 300), rng.uniform(120, 170), (float(grid.z[0]), float(grid.z[-1])))
+    body = draw_torso(rng, ax, ay, min(1.0, ax / 140.0), (float(grid.z[0]), float(grid.z[-1])))
     return body, grid
 
 
@@ -113,7 +134,7 @@ def paint_muscles(canvas: Canvas, rng: np.random.Generator, body: Body, z_top: f
 
 
 def paint_liver(canvas: Canvas, rng: np.random.Generator, body: Body, z_right_kidney: float) -> None:
-    """Liver (90-120 HU) in the upper right abdomen reaching down beside the right kidney, with vessels."""
+    """Liver (80-120 HU) in the upper right abdomen reaching down beside the right kidney, with vessels."""
     s = body.scale
     centre = np.array([body.ax * rng.uniform(0.28, 0.42), body.ay * rng.uniform(-0.15, 0.1),
                        z_right_kidney + rng.uniform(45, 75) * s])
@@ -123,9 +144,9 @@ def paint_liver(canvas: Canvas, rng: np.random.Generator, body: Body, z_right_ki
     if shape is None:
         return
     box, q = shape
-    canvas.paint(box, norm2(q) <= 1, rng.uniform(90, 120), Tissue.LIVER, protect=OUTSIDE_CAVITY)
+    canvas.paint(box, norm2(q) <= 1, body.contrast.liver, Tissue.LIVER, protect=OUTSIDE_CAVITY)
     hilum = centre + rot @ (semi * np.array([-0.45, 0.1, -0.15]))
-    vessel_hu = rng.uniform(130, 180)
+    vessel_hu = body.contrast.portal
     for _ in range(int(rng.integers(4, 8))):
         end = centre + rot @ (semi * random_unit(rng) * rng.uniform(0.5, 0.8))
         radius = rng.uniform(3, 6) * s
@@ -135,7 +156,7 @@ def paint_liver(canvas: Canvas, rng: np.random.Generator, body: Body, z_right_ki
 
 
 def paint_spleen(canvas: Canvas, rng: np.random.Generator, body: Body, z_left_kidney: float) -> None:
-    """Spleen (115-150 HU, mottled as in the arterial phase) in the upper left, above the left kidney."""
+    """Spleen (110-150 HU, mottled as in the arterial phase) in the upper left, above the left kidney."""
     s = body.scale
     centre = (-body.ax * rng.uniform(0.5, 0.62), -body.ay * rng.uniform(0.1, 0.35),
               z_left_kidney + rng.uniform(40, 65) * s)
@@ -144,7 +165,7 @@ def paint_spleen(canvas: Canvas, rng: np.random.Generator, body: Body, z_left_ki
     shape = ellipsoid_coords(canvas.grid, centre, semi, rot)
     if shape is not None:
         box = shape[0]
-        hu = rng.uniform(115, 150) + rng.uniform(20, 40) * smooth_noise(rng, box_shape(canvas.grid, box), 2.0)
+        hu = body.contrast.spleen + rng.uniform(20, 40) * smooth_noise(rng, box_shape(canvas.grid, box), 2.0)
         canvas.paint(box, norm2(shape[1]) <= 1, hu, Tissue.SPLEEN, protect=OUTSIDE_CAVITY)
 
 
@@ -183,7 +204,8 @@ def paint_bowel(canvas: Canvas, rng: np.random.Generator, body: Body, z_kidneys:
     front = body.spine_y + body.vert_ry + 25 * s
     lo = np.array([-0.55 * body.ax, front, z_lo])
     hi = np.maximum(np.array([0.6 * body.ax, 0.7 * body.ay, z_kidneys + 60 * s]), lo + 1)
-    for _ in range(int(rng.integers(16, 27))):
+    loops = rng.integers(16, 27) * max(1.0, (hi[2] - lo[2]) / (200.0 * s))
+    for _ in range(int(loops)):
         points = [rng.uniform(lo, hi)]
         for _ in range(5):
             points.append(np.clip(points[-1] + 25 * s * random_unit(rng), lo, hi))

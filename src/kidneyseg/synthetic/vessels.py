@@ -14,13 +14,33 @@ from kidneyseg.synthetic.torso import Body
 _KEEP_OUT = SKELETON | OUTSIDE_CAVITY
 
 
-def paint_great_vessels(canvas: Canvas, body: Body) -> None:
-    """Aorta (arterial phase, 200-300 HU) left of the midline and IVC right of it, in every slice."""
-    x, y = canvas.grid.x[:, None, None], canvas.grid.y[None, :, None]
+def paint_great_vessels(canvas: Canvas, body: Body, z_split: float = -np.inf) -> None:
+    """Aorta (arterial phase, 200-340 HU) left of the midline and IVC right of it, in every slice
+    above ``z_split`` (mm); below it the common iliac arteries and veins diverge towards the pelvis."""
+    x, y, z = canvas.grid.x[:, None, None], canvas.grid.y[None, :, None], canvas.grid.z[None, None, :]
     xa, ya, ra = body.aorta
     xi, yi, ai, bi = body.ivc
-    canvas.paint(FULL, ((x - xi) / ai) ** 2 + ((y - yi) / bi) ** 2 <= 1, body.vein_hu, Tissue.VEIN)
-    canvas.paint(FULL, (x - xa) ** 2 + (y - ya) ** 2 <= ra**2, body.aorta_hu, Tissue.ARTERY, protect=SKELETON)
+    ivc = (((x - xi) / ai) ** 2 + ((y - yi) / bi) ** 2 <= 1) & (z >= z_split - 10 * body.scale)
+    canvas.paint(FULL, ivc, body.vein_hu, Tissue.VEIN)
+    aorta = ((x - xa) ** 2 + (y - ya) ** 2 <= ra**2) & (z >= z_split)
+    canvas.paint(FULL, aorta, body.aorta_hu, Tissue.ARTERY, protect=SKELETON)
+    if z_split > canvas.grid.z[0]:
+        _paint_iliacs(canvas, body, z_split)
+
+
+def _paint_iliacs(canvas: Canvas, body: Body, z_split: float) -> None:
+    """Common iliac arteries from the aortic bifurcation at ``z_split`` and veins from the IVC's
+    confluence 10 mm lower, each running 150 mm caudally and 45-55 mm laterally."""
+    s = body.scale
+    xa, ya, ra = body.aorta
+    xi, yi, ai, bi = body.ivc
+    for side in (1, -1):
+        start = np.array([xa, ya, z_split])
+        artery = np.stack([start, start + np.array([side * 45 * s - xa, -5 * s, -150 * s])])
+        paint_tube(canvas, artery, 0.65 * ra, body.aorta_hu, Tissue.ARTERY, protect=_KEEP_OUT)
+        start = np.array([xi, yi, z_split - 10 * s])
+        vein = np.stack([start, start + np.array([side * 55 * s - xi, -15 * s, -150 * s])])
+        paint_tube(canvas, vein, 0.55 * ai, body.vein_hu, Tissue.VEIN, protect=_KEEP_OUT | {Tissue.ARTERY})
 
 
 def paint_renal_vessels(canvas: Canvas, rng: np.random.Generator, body: Body, kidney: Kidney) -> None:

@@ -23,11 +23,14 @@ from kidneyseg import io
 from kidneyseg.config import PipelineConfig, StageConfig, pipeline_from_dict, stage_from_dict, to_dict, to_json
 from kidneyseg.errors import TrainingDivergedError, UsageError
 from kidneyseg.evaluation import dice
+from kidneyseg.report import save_training_curves
 from kidneyseg.training.augment import make_augment
 from kidneyseg.training.cache import Sample, build_cache
 from kidneyseg.training.checkpoint import build_model, load_state, save_state, save_weights
 from kidneyseg.training.data import load_sample
 from kidneyseg.training.losses import make_loss
+
+CURVES_EVERY = 10  # epochs between redraws of curves.png (log.csv is written every epoch)
 
 
 @dataclass(frozen=True)
@@ -72,9 +75,13 @@ def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineC
         improved = scores["val_dice"] > best
         best = max(best, scores["val_dice"])
         _save_epoch(run_dir, model, optimizer, scheduler, stage, epoch, best, minutes, log, improved)
+        if epoch % CURVES_EVERY == 0:
+            save_training_curves(log, run_dir / "curves.png", title=f"{stage.stage} training")
         bar.update(1)
         bar.set_postfix(loss=f"{train_loss:.3f}", val_dice=f"{scores['val_dice']:.3f}")
     bar.close()
+    if log:
+        save_training_curves(log, run_dir / "curves.png", title=f"{stage.stage} training")
     return FitResult(run_dir, epoch, best, minutes)
 
 
@@ -177,8 +184,6 @@ def _write_pipeline(path: Path, pipeline: PipelineConfig, overwrite: bool) -> No
 
 
 def _save_epoch(run_dir, model, optimizer, scheduler, stage, epoch, best, minutes, log, improved) -> None:
-    from kidneyseg.report import save_training_curves
-
     meta = {"epoch": epoch, "val_dice": log[-1]["val_dice"]}
     if improved:
         save_weights(run_dir / "best.safetensors", model, stage, **meta)
@@ -189,7 +194,6 @@ def _save_epoch(run_dir, model, optimizer, scheduler, stage, epoch, best, minute
         "log": log, "config": to_json(stage),
     })
     io.atomic_write_text(run_dir / "log.csv", _csv(log))
-    save_training_curves(log, run_dir / "curves.png", title=f"{stage.stage} training")
 
 
 def _csv(rows: list[dict]) -> str:
