@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import warnings
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
@@ -15,7 +16,8 @@ from safetensors.torch import load_file
 
 from kidneyseg import io
 from kidneyseg.config import preset
-from kidneyseg.inference import kidney_boxes, load_model_dir, segment
+from kidneyseg.inference import load_model_dir, segment
+from kidneyseg.postprocess import kidney_boxes
 from kidneyseg.training.fit import fit
 
 
@@ -88,13 +90,13 @@ def test_kidney_boxes_for_horseshoe_fragments_and_specks():
     pipeline = preset("paper").pipeline
     mask = np.zeros((200, 200, 120), np.uint8)
     mask[40:160, 80:110, 30:50] = 1  # one fused (horseshoe) kidney across the midline
-    assert len(kidney_boxes(mask, pipeline)) == 1
+    assert len(kidney_boxes(mask, pipeline, (1.0, 1.0, 1.0))) == 1
     mask[:] = 0
     mask[20:60, 20:60, 20:60] = 1
     mask[120:160, 20:60, 20:60] = 1
     mask[120:150, 120:150, 80:100] = 1  # a third fragment, 28 % of the largest: kept
     mask[190, 190, 110] = 1  # a speck: dropped
-    boxes = kidney_boxes(mask, pipeline)
+    boxes = kidney_boxes(mask, pipeline, (1.0, 1.0, 1.0))
     assert len(boxes) == 3 and all(b.size_vox == (64, 64, 64) for b in boxes)
     assert boxes[0].lo == (20 - 10 - 2,) * 3  # 40 + 2 * 10 margin = 60, grown by 4 to the 64 minimum
 
@@ -123,3 +125,12 @@ def test_no_kidney_gives_valid_empty_output_and_a_warning(trained_model, tmp_pat
 def test_pipeline_options_run(phantom_dir, trained_model, option):
     result = segment(phantom_dir / "case_00000" / "imaging.nii.gz", load_model_dir(trained_model, **option))
     assert result.labels.dtype == np.uint8 and set(np.unique(result.labels)) <= {0, 1, 2}
+
+
+def test_box_rules_in_millimetres_follow_the_spacing():
+    pipeline = replace(preset("paper").pipeline, margin_mm=8.0, min_box_mm=51.2)
+    mask = np.zeros((300, 300, 100), np.uint8)
+    mask[100:200, 100:130, 40:50] = 1  # 100 x 30 x 10 voxels
+    (box,) = kidney_boxes(mask, pipeline, (0.8, 0.8, 2.5))
+    # margins ceil(8 / 0.8) = 10 and ceil(8 / 2.5) = 4 voxels; minimum sides 64, 64 and ceil(51.2 / 2.5) = 21
+    assert box.size_vox == (120, 64, 21)

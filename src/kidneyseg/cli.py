@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, help="output folder (case_XXXXX/imaging.nii.gz, segmentation.nii.gz)")
     p.add_argument("--cases", type=int, default=10, help="number of cases (default 10)")
     p.add_argument("--seed", type=int, default=0, help="random seed; case i depends only on (seed, i)")
+    p.add_argument("--from-labels", type=Path, metavar="LABEL_DIR",
+                   help="draw a phantom CT around every real label map LABEL_DIR/case_*/segmentation.nii.gz, "
+                        "on its exact grid (subtypes from LABEL_DIR/kits.json); --cases is then ignored")
 
     p = sub.add_parser("check", help="check every case of a KiTS-layout dataset and report problems",
                        epilog=EPILOG)
@@ -88,8 +91,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _synth(args) -> int:
-    from kidneyseg.synthetic import synthesize_dataset
+    from kidneyseg.synthetic import synthesize_dataset, synthesize_from_labels
 
+    if args.from_labels is not None:
+        folders = synthesize_from_labels(args.from_labels, args.out, args.seed, progress=sys.stderr.isatty())
+        print(f"wrote {len(folders)} cases to {args.out}")
+        return 0
     _positive(args.cases, "--cases")
     folders = synthesize_dataset(args.out, args.cases, args.seed, progress=sys.stderr.isatty())
     print(f"wrote {len(folders)} cases to {args.out}")

@@ -86,6 +86,8 @@ class PipelineConfig:
     hu_max: float = 155.0
     margin_vox: int = 10
     min_box_vox: int = 64
+    margin_mm: float = 0.0  # > 0: margin in mm per axis instead of margin_vox (an ablation; the paper uses voxels)
+    min_box_mm: float = 0.0  # > 0: minimum box side in mm instead of min_box_vox
     min_region_fraction: float = 0.05
     resize_probabilities: bool = False  # stage-2 output back to the crop: probabilities (linear) or labels
     tta_flips: bool = False
@@ -93,6 +95,7 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         _check(self.hu_min < self.hu_max, "hu_min < hu_max")
         _check(self.margin_vox >= 0 and self.min_box_vox >= 1, "margin_vox >= 0, min_box_vox >= 1")
+        _check(self.margin_mm >= 0 and self.min_box_mm >= 0, "margin_mm >= 0, min_box_mm >= 0")
         _check(0 <= self.min_region_fraction < 1, "0 <= min_region_fraction < 1")
 
 

@@ -22,8 +22,8 @@ import torch
 from kidneyseg import io
 from kidneyseg.config import PipelineConfig, StageConfig, pipeline_from_dict
 from kidneyseg.errors import ModelFileError
-from kidneyseg.geometry import Box, crop, expand_box, paste_max, resize_image, resize_labels
-from kidneyseg.postprocess import clean_labels, large_components
+from kidneyseg.geometry import Box, crop, paste_max, resize_image, resize_labels
+from kidneyseg.postprocess import clean_labels, kidney_boxes
 from kidneyseg.preprocess import normalize_ct
 from kidneyseg.training.checkpoint import load_model
 from kidneyseg.training.fit import autocast
@@ -80,11 +80,13 @@ def load_model_dir(model_dir: str | Path, device: str = "cpu", **pipeline_overri
 
 
 def segment(ct: str | Path | io.Volume | np.ndarray, model: TwoStageModel | str | Path,
-            affine: np.ndarray | None = None) -> Segmentation:
+            affine: np.ndarray | None = None, boxes: list[Box] | None = None) -> Segmentation:
     """Segment kidneys (1) and tumours (2) in a CT.
 
     ``ct`` is a NIfTI path, a DICOM folder, a Volume, or an array in HU with its 4x4 ``affine``
-    (file voxel order, as nibabel gives it). Returns a Segmentation; warns when no kidney is found.
+    (file voxel order, as nibabel gives it). ``boxes`` (canonical voxel boxes, e.g. from the ground
+    truth with ``kidney_boxes``) replace the localizer: stage 2 alone, for oracle measurements.
+    Returns a Segmentation; warns when no kidney is found.
     """
     if not isinstance(model, TwoStageModel):
         model = load_model_dir(model)
@@ -92,7 +94,7 @@ def segment(ct: str | Path | io.Volume | np.ndarray, model: TwoStageModel | str 
     cfg, timings = model.pipeline, {"network": 0.0}
     start = time.perf_counter()
     norm = normalize_ct(volume.array, cfg.hu_min, cfg.hu_max)
-    boxes = localize(norm, model, timings)
+    boxes = localize(norm, volume.spacing_mm, model, timings) if boxes is None else list(boxes)
     labels = np.zeros(norm.shape, dtype=np.uint8)
     pad_value = float(norm.min())
     for box in boxes:
@@ -105,21 +107,12 @@ def segment(ct: str | Path | io.Volume | np.ndarray, model: TwoStageModel | str 
     return Segmentation(labels, volume, boxes, timings)
 
 
-def localize(norm: np.ndarray, model: TwoStageModel, timings: dict[str, float]) -> list[Box]:
+def localize(norm: np.ndarray, spacing_mm: tuple[float, float, float], model: TwoStageModel,
+             timings: dict[str, float]) -> list[Box]:
     """Stage 1 on the normalised CT (X, Y, Z): one paper crop box per kept kidney region."""
     size = model.localizer_config.input_size
     probs = _predict(model.localizer, resize_image(norm, size), model, model.localizer_config.precision, timings)
-    return kidney_boxes(resize_labels(probs.argmax(0).astype(np.uint8), norm.shape), model.pipeline)
-
-
-def kidney_boxes(mask: np.ndarray, cfg: PipelineConfig) -> list[Box]:
-    """One crop box per kidney region of a full-resolution mask (X, Y, Z), largest first.
-
-    Regions smaller than ``min_region_fraction`` of the largest are dropped; a fused
-    (horseshoe) kidney is one region and gets one box; extra fragments get their own boxes.
-    """
-    _, tight = large_components(mask, cfg.min_region_fraction)
-    return [expand_box(b, cfg.margin_vox, cfg.min_box_vox, mask.shape) for b in tight]
+    return kidney_boxes(resize_labels(probs.argmax(0).astype(np.uint8), norm.shape), model.pipeline, spacing_mm)
 
 
 def _segment_patch(patch: np.ndarray, model: TwoStageModel, timings: dict[str, float]) -> np.ndarray:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import cc3d
 import numpy as np
 
-from kidneyseg.geometry import Box
+from kidneyseg.config import PipelineConfig
+from kidneyseg.geometry import Box, expand_box
 from kidneyseg.labels import KIDNEY, TUMOR
 
 
@@ -44,3 +45,18 @@ def clean_labels(labels: np.ndarray, min_fraction: float) -> np.ndarray:
         tumor_ids, _ = large_components(tumor, min_fraction)
         out[tumor & (tumor_ids == 0)] = KIDNEY
     return out
+
+
+def kidney_boxes(mask: np.ndarray, cfg: PipelineConfig, spacing_mm: tuple[float, float, float]) -> list[Box]:
+    """One crop box per kidney region of a full-resolution mask (X, Y, Z), largest first.
+
+    Regions smaller than ``min_region_fraction`` of the largest are dropped; a fused
+    (horseshoe) kidney is one region and gets one box; extra fragments get their own boxes.
+    Box rules are the paper's voxel counts, or millimetres per axis where ``margin_mm`` /
+    ``min_box_mm`` are set. Used for ground-truth boxes in training and predicted ones in inference.
+    """
+    _, tight = large_components(mask, cfg.min_region_fraction)
+    spacing = np.asarray(spacing_mm, dtype=np.float64)
+    margin = np.ceil(cfg.margin_mm / spacing).astype(int) if cfg.margin_mm else cfg.margin_vox
+    min_size = np.ceil(cfg.min_box_mm / spacing).astype(int) if cfg.min_box_mm else cfg.min_box_vox
+    return [expand_box(b, margin, min_size, mask.shape) for b in tight]

@@ -22,7 +22,7 @@ from kidneyseg.synthetic.torso import Body
 NEPHRECTOMY_RATE = 0.15
 KIDNEY_SEMI_MM = np.array([55.0, 27.5, 22.5])  # long axis, lateral (width), depth
 TUMOUR_RADIUS_MM = (6.0, 35.0)
-SINUS = ((0.0, -0.45, 0.0), (0.5, 0.58, 0.42))  # centre, semi-axes in normalised kidney coordinates
+SINUS = ((0.0, -0.45, 0.0), (0.55, 0.62, 0.48))  # centre, semi-axes in normalised kidney coordinates
 PELVIS = ((0.0, -0.5, 0.0), (0.22, 0.3, 0.2))
 HILUM_TURN_DEG = (20.0, 40.0)  # the hilum faces medially, turned this far anteriorly
 

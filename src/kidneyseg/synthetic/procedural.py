@@ -5,7 +5,7 @@ from random but plausible anatomy: body wall, spine and ribs, back muscles, aort
 mesenteric vessels, liver, spleen, bowel with fluid, gas or oral contrast, and kidneys with
 cortex, medulla and sinus fat, carrying 1-2 tumours. Several non-kidney structures (aorta and other arteries, bone,
 spleen, liver vessels, renal veins, oral contrast) share the kidney's HU range, so no single HU
-window segments the kidneys (the best one scores a Dice of about 0.3-0.7). ``from_labels`` draws
+window segments the kidneys (the best one scores a Dice of about 0.2-0.65). ``from_labels`` draws
 the same kind of CT around real KiTS19 label maps with the same renderer (``scene``).
 
 World coordinates are nibabel's RAS+ (mm): x increases towards the patient's Right, y towards

@@ -5,7 +5,7 @@ worked out on a coarse copy of the box (voxels of about ``PATCH_MM``; the full g
 that is coarser) from the depth below the kidney surface (Euclidean distance transform, mm) and
 the kidney's ellipsoidal frame (``Kidney``), then interpolated linearly back to the full grid,
 where the full-resolution labels decide which voxels they apply to. Kidney voxels (label 1):
-cortex (150-250 HU) down to 4-7 mm, medullary pyramids (60-130 HU) deeper, renal sinus fat
+cortex (150-250 HU) down to 3-5.5 mm, medullary pyramids (60-130 HU) deeper, renal sinus fat
 (-100..-50 HU) and urine in the pelvis (0-20 HU) towards the hilum. Tumour voxels (label 2):
 heterogeneous enhancement by subtype with necrosis, scar, cysts or fat (see ``contrast``).
 """
@@ -24,7 +24,7 @@ from kidneyseg.synthetic.resample import Factors, coarse_slices, factors_for, ta
 from kidneyseg.synthetic.shapes import Box, Grid, Tissue, norm2, smooth_noise
 
 PATCH_MM = 1.5
-CORTEX_MM = (4.0, 7.0)
+CORTEX_MM = (3.0, 5.5)
 NECROTIC_MIN_DEPTH_MM = 8.0
 
 
@@ -56,7 +56,7 @@ def _kidney_tissues(rng: np.random.Generator, grid: Grid, kidney_mask: np.ndarra
     cortex_mm = rng.uniform(*CORTEX_MM) * (1 + 0.2 * smooth_noise(rng, depth.shape, 2.0))
     q = kidney_coords(grid, kidney)
     pyramids = np.minimum.reduce([norm2(q, c, (r, r, r)) for c, r in
-                                  ((c, rng.uniform(0.26, 0.32)) for c in pyramid_centres(rng))])
+                                  ((c, rng.uniform(0.32, 0.40)) for c in pyramid_centres(rng))])
     sinus = (norm2(q, *SINUS) <= 1) & ((depth > 0.5 * cortex_mm) | (q[1] < -0.75))
     pelvis = sinus & (norm2(q, *PELVIS) <= 1)
     tissue = np.full(depth.shape, Tissue.CORTEX, dtype=np.uint8)

@@ -6,7 +6,8 @@ paints the torso and organs on a working grid (voxels of about ``WORK_MM``; the 
 when that is coarser), carves perirenal fat around the labelled kidneys, renders the kidneys and
 tumours inside the labels (``renal``) and acquires the CT one z-slab at a time: linear
 upsampling to the full grid, partial-volume blur matching the slice thickness, a per-case HU
-shift and Gaussian noise. Arrays are (X, Y, Z) in RAS+ voxel order.
+shift and Gaussian noise. Memory: the int16 CT, the labels, and float32 slabs of
+``SLAB_VOXELS`` voxels (plus the working grid and kidney boxes). Arrays are (X, Y, Z) in RAS+ voxel order.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from scipy.ndimage import distance_transform_edt, gaussian_filter
 from kidneyseg.synthetic.contrast import TumourProfile
 from kidneyseg.synthetic.kidney import Kidney
 from kidneyseg.synthetic.regions import paint_heart, paint_lungs, paint_pelvis
-from kidneyseg.synthetic.renal import KidneyPatch, render_kidney
+from kidneyseg.synthetic.renal import PATCH_MM, KidneyPatch, render_kidney
 from kidneyseg.synthetic.resample import Factors, coarse_slices, factors_for, take_coarse, upsample
 from kidneyseg.synthetic.shapes import OUTSIDE_CAVITY, Box, Canvas, Grid, Tissue
 from kidneyseg.synthetic.skeleton import paint_ribs, paint_spine
@@ -139,14 +140,24 @@ def _paste(block: np.ndarray, z_lo: int, labels: np.ndarray, patch: KidneyPatch)
         np.copyto(block[bx, by, z0 - z_lo:z1 - z_lo], patch.hu[:, :, z0 - bz.start:z1 - bz.start], where=mask)
 
 
+def blur_sigma(spacing: Spacing) -> tuple[float, float, float]:
+    """Partial-volume blur (Gaussian SD in voxels along X, Y, Z): ``BLUR_XY_VOX`` in-plane and a
+    FWHM of the slice thickness along z, on the axes drawn at full resolution (patch factor 1);
+    axes interpolated from coarser samples (about ``renal.PATCH_MM``) are already smoother."""
+    drawn_at_full = [f == 1 for f in factors_for(spacing, (PATCH_MM,) * 3)]
+    sigma = (BLUR_XY_VOX, BLUR_XY_VOX, max(spacing[2], MIN_THICKNESS_MM) / (2.355 * spacing[2]))
+    x, y, z = (float(s) if full else 0.0 for s, full in zip(sigma, drawn_at_full, strict=True))
+    return x, y, z
+
+
 def acquire(rng: np.random.Generator, work_hu: np.ndarray, factors: Factors, labels: np.ndarray,
             patches: list[KidneyPatch], spacing: Spacing) -> np.ndarray:
     """The CT (int16 HU, labels' shape): working-grid HU upsampled, kidney patches pasted, blurred
-    (in-plane ``BLUR_XY_VOX``; along z a Gaussian whose FWHM is the slice thickness), shifted by a
-    per-case offset and given Gaussian noise (SD 10-25 HU), one z-slab at a time."""
+    (``blur_sigma``), shifted by a per-case offset and given Gaussian noise (SD 10-25 HU), one
+    z-slab at a time."""
     shape = labels.shape
     shift, sd = np.float32(rng.uniform(*HU_SHIFT)), np.float32(rng.uniform(*NOISE_SD_HU))
-    sigma = (BLUR_XY_VOX, BLUR_XY_VOX, max(spacing[2], MIN_THICKNESS_MM) / (2.355 * spacing[2]))
+    sigma = blur_sigma(spacing)
     halo = int(3.0 * max(sigma) + 0.5) + 1
     step = max(1, SLAB_VOXELS // (shape[0] * shape[1]))
     out = np.empty(shape, dtype=np.int16)
@@ -156,12 +167,15 @@ def acquire(rng: np.random.Generator, work_hu: np.ndarray, factors: Factors, lab
         block = upsample(work_hu, factors, shape, (lo, hi))
         for patch in patches:
             _paste(block, lo, labels, patch)
-        block = gaussian_filter(block, sigma, mode="nearest", truncate=3.0)[:, :, z0 - lo:z1 - lo]
+        if max(sigma) > 0:
+            block = gaussian_filter(block, sigma, mode="nearest", truncate=3.0)
+        block = block[:, :, z0 - lo:z1 - lo]
         noise = rng.standard_normal(block.shape, dtype=np.float32)
         noise *= sd
+        noise += shift
         block += noise
-        block += shift
-        out[:, :, z0:z1] = np.clip(np.rint(block), *HU_LIMITS)
+        np.rint(block, out=block)
+        out[:, :, z0:z1] = np.clip(block, *HU_LIMITS, out=block)
     return out
 
 

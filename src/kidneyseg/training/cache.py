@@ -20,8 +20,8 @@ from tqdm import tqdm
 from kidneyseg import io
 from kidneyseg.config import PipelineConfig, StageConfig
 from kidneyseg.errors import InvalidInputError
-from kidneyseg.geometry import Box, crop, expand_box, resize_image, resize_labels
-from kidneyseg.postprocess import large_components
+from kidneyseg.geometry import Box, crop, resize_image, resize_labels
+from kidneyseg.postprocess import kidney_boxes
 from kidneyseg.preprocess import normalize_ct
 
 CACHE_VERSION = 1
@@ -43,8 +43,9 @@ def fingerprint(cases: list[io.layout.Case], stage: StageConfig, pipeline: Pipel
     if stage.stage == "localizer":
         relevant["input_size"] = list(stage.input_size)
     else:
-        relevant.update(margin_vox=pipeline.margin_vox, min_box_vox=pipeline.min_box_vox,
-                        min_region_fraction=pipeline.min_region_fraction, translate_vox=stage.translate_vox)
+        relevant.update(margin_vox=pipeline.margin_vox, min_box_vox=pipeline.min_box_vox, margin_mm=pipeline.margin_mm,
+                        min_box_mm=pipeline.min_box_mm, min_region_fraction=pipeline.min_region_fraction,
+                        translate_vox=stage.translate_vox)
     files = [[c.case_id, *(_stat(p) for p in (c.image, c.label))] for c in cases]
     relevant["files"] = hashlib.sha256(json.dumps(files).encode()).hexdigest()
     return relevant
@@ -76,7 +77,8 @@ def build_cache(cases: list[io.layout.Case], cache_dir: Path, stage: StageConfig
         if stage.stage == "localizer":
             records.append(_cache_whole(cache_dir, case.case_id, norm, labels.array, stage.input_size))
         else:
-            records.extend(_cache_kidneys(cache_dir, case.case_id, norm, labels.array, stage, pipeline))
+            boxes = kidney_boxes(labels.array > 0, pipeline, image.spacing_mm)
+            records.extend(_cache_kidneys(cache_dir, case.case_id, norm, labels.array, boxes, stage.translate_vox))
     if failures:
         shutil.rmtree(cache_dir)
         raise InvalidInputError(f"{len(failures)} of {len(cases)} cases failed the input checks (run "
@@ -91,13 +93,11 @@ def _cache_whole(cache_dir: Path, case_id: str, norm: np.ndarray, labels: np.nda
     return _save(cache_dir, case_id, image, target, None)
 
 
-def _cache_kidneys(cache_dir: Path, case_id: str, norm: np.ndarray, labels: np.ndarray,
-                   stage: StageConfig, pipeline: PipelineConfig) -> list[dict]:
-    _, boxes = large_components(labels > 0, pipeline.min_region_fraction)
-    pad = stage.translate_vox
+def _cache_kidneys(cache_dir: Path, case_id: str, norm: np.ndarray, labels: np.ndarray, boxes: list[Box],
+                   pad: int) -> list[dict]:
+    """Each kidney's crop box (ground truth, paper rules) plus ``pad`` spare voxels on every side."""
     records = []
-    for k, tight in enumerate(boxes):
-        box = expand_box(tight, pipeline.margin_vox, pipeline.min_box_vox, norm.shape)
+    for k, box in enumerate(boxes):
         region = Box(tuple(v - pad for v in box.lo), tuple(v + pad for v in box.hi))
         image = crop(norm, region, pad_value=float(norm.min())).astype(np.float16)
         target = crop(labels, region, pad_value=0)
