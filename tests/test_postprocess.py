@@ -39,3 +39,17 @@ def test_clean_labels_removes_specks_and_demotes_small_tumours():
     out = clean_labels(labels, 0.05)
     assert out[35, 35, 35] == 0 and out[22, 22, 22] == 1 and out[15, 15, 15] == 2
     assert np.count_nonzero(out) == 20**3
+
+
+def test_components_match_scipy_away_from_the_origin():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    mask = np.zeros((50, 40, 30), bool)
+    mask[10:40, 8:35, 5:25] = ndimage.binary_opening(rng.random((30, 27, 20)) > 0.55)
+    ids, boxes = large_components(mask, 0.0)
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    expected = sorted(((sl[0].start, sl[1].start, sl[2].start), (sl[0].stop, sl[1].stop, sl[2].stop))
+                      for sl in ndimage.find_objects(labels))
+    assert len(boxes) == count and sorted((b.lo, b.hi) for b in boxes) == expected
+    assert np.array_equal(ids > 0, mask)

@@ -44,8 +44,7 @@ class Volume:
         """Reorder a canonical (X, Y, Z) array back to the file's voxel order."""
         if data.shape != self.array.shape:
             raise ValueError(f"expected canonical shape {self.array.shape}, got {data.shape}")
-        back = ornt_transform(RAS, self._ornt)
-        return np.ascontiguousarray(apply_orientation(data, back))
+        return apply_orientation(data, ornt_transform(RAS, self._ornt))
 
     def with_array(self, data: np.ndarray) -> Volume:
         """The same geometry holding other voxel data (canonical order, same shape)."""
@@ -63,6 +62,6 @@ def canonical_volume(
     """Wrap file-order ``data`` with its ``affine`` as a canonical RAS+ Volume (no resampling)."""
     affine = np.asarray(affine, dtype=np.float64)
     ornt = io_orientation(affine)
-    canonical = np.ascontiguousarray(apply_orientation(data, ornt))
+    canonical = apply_orientation(data, ornt)  # a view where possible: no copy of a large CT
     canonical_affine = affine @ inv_ornt_aff(ornt, data.shape)
     return Volume(canonical, canonical_affine, tuple(int(n) for n in data.shape), affine, header, path, ornt)
