@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from kidneyseg.config import override, preset
@@ -36,3 +37,13 @@ def trained_model(phantom_dir, tmp_path_factory) -> Path:
     for name in ("localizer", "segmenter"):
         fit(phantom_dir, model_dir, micro_stage(name), preset("tiny").pipeline, progress=False)
     return model_dir
+
+
+def flip_permute(data: np.ndarray, affine: np.ndarray, flips, perm) -> tuple[np.ndarray, np.ndarray]:
+    """The same image stored with other axis directions and order (every voxel keeps its world position)."""
+    affine = affine.copy()
+    for axis in flips:
+        data = np.flip(data, axis)
+        affine[:3, 3] += (data.shape[axis] - 1) * affine[:3, axis]
+        affine[:3, axis] *= -1
+    return np.ascontiguousarray(np.transpose(data, perm)), affine[:, [*perm, 3]]

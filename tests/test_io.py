@@ -4,6 +4,7 @@ import itertools
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import flip_permute
 
 from kidneyseg import io
 from kidneyseg.errors import InvalidInputError, ResourceError
@@ -76,22 +77,12 @@ def test_never_writes_over_the_input(tmp_path):
     assert path.read_bytes() == before
 
 
-def _flip_permute(data, affine, flips, perm):
-    """The same image stored with other axis directions and order (every voxel keeps its world position)."""
-    affine = affine.copy()
-    for axis in flips:
-        data = np.flip(data, axis)
-        affine[:3, 3] += (data.shape[axis] - 1) * affine[:3, axis]
-        affine[:3, axis] *= -1
-    return np.ascontiguousarray(np.transpose(data, perm)), affine[:, [*perm, 3]]
-
-
 def test_flipped_and_permuted_files_give_the_same_canonical_volume(tmp_path):
     data = _ct()
     base = io.load_ct(_write(tmp_path / "a.nii.gz", data, np.diag([0.8, 0.9, 2.0, 1.0])))
     for n, (perm, flips) in enumerate(itertools.product(itertools.permutations(range(3)),
                                                         [(), (0,), (1, 2), (0, 1, 2)])):
-        moved = nib.Nifti1Image(*_flip_permute(data, np.diag([0.8, 0.9, 2.0, 1.0]), flips, perm))
+        moved = nib.Nifti1Image(*flip_permute(data, np.diag([0.8, 0.9, 2.0, 1.0]), flips, perm))
         path = tmp_path / f"m{n}.nii.gz"
         nib.save(moved, path)
         vol = io.load_ct(path)

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import micro_stage
+from conftest import flip_permute, micro_stage
 from safetensors.torch import load_file
 
 from kidneyseg import io
@@ -49,15 +49,6 @@ def test_resume_reproduces_the_uninterrupted_run(phantom_dir, tmp_path):
     assert loss == loss_resumed
 
 
-def _flip_permute(data, affine, flips, perm):
-    affine = affine.copy()
-    for axis in flips:
-        data = np.flip(data, axis)
-        affine[:3, 3] += (data.shape[axis] - 1) * affine[:3, axis]
-        affine[:3, axis] *= -1
-    return np.ascontiguousarray(np.transpose(data, perm)), affine[:, [*perm, 3]]
-
-
 def test_prediction_follows_flips_and_permutations_of_the_file(phantom_dir, trained_model, tmp_path):
     model = load_model_dir(trained_model)
     source = nib.load(phantom_dir / "case_00001" / "imaging.nii.gz")
@@ -69,10 +60,10 @@ def test_prediction_follows_flips_and_permutations_of_the_file(phantom_dir, trai
     assert np.count_nonzero(ref_labels) > 0
     cases = list(itertools.product([(0, 1, 2), (2, 0, 1), (1, 0, 2)], [(), (0,), (1, 2)]))
     for n, (perm, flips) in enumerate(cases):
-        moved, moved_affine = _flip_permute(data, affine, flips, perm)
+        moved, moved_affine = flip_permute(data, affine, flips, perm)
         path = io.save_nifti(moved, moved_affine, tmp_path / f"moved{n}.nii.gz")
         written = nib.load(segment(path, model).save(tmp_path / f"pred{n}.nii.gz"))
-        expected, _ = _flip_permute(ref_labels, affine, flips, perm)
+        expected, _ = flip_permute(ref_labels, affine, flips, perm)
         assert np.allclose(written.affine, moved_affine)
         assert np.array_equal(np.asanyarray(written.dataobj), expected), (perm, flips)
 
