@@ -56,11 +56,14 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     truth = truth.astype(bool, copy=False)
     n_pred = int(np.count_nonzero(pred))
     n_truth = int(np.count_nonzero(truth))
+    overlap = int(np.count_nonzero(np.logical_and(pred, truth))) if n_pred and n_truth else 0
+    return dice_from_counts(overlap, n_pred, n_truth)
+
+
+def dice_from_counts(overlap: int, n_pred: int, n_truth: int) -> float:
+    """Dice from voxel counts (e.g. summed over several crops of one case), with the empty rule."""
     if n_pred == 0 and n_truth == 0:
         return 1.0
-    if n_pred == 0 or n_truth == 0:
-        return 0.0
-    overlap = int(np.count_nonzero(np.logical_and(pred, truth)))
     return 2.0 * overlap / (n_pred + n_truth)
 
 

@@ -95,9 +95,12 @@ def check_label_values(data: np.ndarray, path: Path) -> np.ndarray:
         if not finite.all() or np.any(data[finite] != np.round(data[finite])):
             odd = np.unique(data[~finite | (data != np.round(data))])[:8]
             raise InvalidInputError(f"label map has non-integer values, e.g. {odd.tolist()}", path)
-    values = np.unique(data)
-    unexpected = sorted(set(values.tolist()) - set(VALID_LABELS))
-    if unexpected:
+    # Two comparisons instead of np.unique, which sorts the whole map (over a second for a
+    # 512 x 512 x 600 KiTS19 case); the values are listed only when some are out of range.
+    low, high = min(VALID_LABELS), max(VALID_LABELS)
+    if np.count_nonzero((data < low) | (data > high)):
+        values = np.unique(data)
+        unexpected = sorted(set(values.tolist()) - set(VALID_LABELS))
         raise InvalidInputError(f"label map has values {unexpected[:10]} outside {{0, 1, 2}} "
                                 f"(all values found: {values.tolist()[:20]})", path)
     return data.astype(np.uint8, copy=False)

@@ -24,18 +24,20 @@ from kidneyseg.geometry import Box, crop, resize_image, resize_labels
 from kidneyseg.postprocess import kidney_boxes
 from kidneyseg.preprocess import normalize_ct
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
 class Sample:
     """One training sample in the cache: arrays (X, Y, Z) and, for stage 2, the crop box
-    inside the stored region (the region has ``translate_vox`` spare voxels around it)."""
+    inside the stored region (the region has ``translate_vox`` spare voxels around it).
+    ``has_tumor``: the sample's label contains tumour (class 2)."""
 
     case_id: str
     image: Path
     label: Path
     box: Box | None = None
+    has_tumor: bool = False
 
 
 def fingerprint(cases: list[io.layout.Case], stage: StageConfig, pipeline: PipelineConfig) -> dict:
@@ -110,7 +112,8 @@ def _save(cache_dir: Path, name: str, image: np.ndarray, target: np.ndarray, box
           case_id: str | None = None) -> dict:
     np.save(cache_dir / f"{name}_image.npy", image)
     np.save(cache_dir / f"{name}_label.npy", target)
-    record = {"case_id": case_id or name, "image": f"{name}_image.npy", "label": f"{name}_label.npy"}
+    record = {"case_id": case_id or name, "image": f"{name}_image.npy", "label": f"{name}_label.npy",
+              "has_tumor": bool(np.any(target == 2))}
     if box is not None:
         record["box"] = [list(box.lo), list(box.hi)]
     return record
@@ -121,6 +124,6 @@ def _read_index(index_path: Path) -> list[Sample]:
     folder = index_path.parent
     return [
         Sample(r["case_id"], folder / r["image"], folder / r["label"],
-               Box(tuple(r["box"][0]), tuple(r["box"][1])) if "box" in r else None)
+               Box(tuple(r["box"][0]), tuple(r["box"][1])) if "box" in r else None, r["has_tumor"])
         for r in records
     ]

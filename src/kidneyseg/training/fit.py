@@ -22,7 +22,7 @@ from tqdm import tqdm
 from kidneyseg import io
 from kidneyseg.config import PipelineConfig, StageConfig, pipeline_from_dict, stage_from_dict, to_dict, to_json
 from kidneyseg.errors import TrainingDivergedError, UsageError
-from kidneyseg.evaluation import dice
+from kidneyseg.evaluation import dice_from_counts
 from kidneyseg.report import save_training_curves
 from kidneyseg.training.augment import make_augment
 from kidneyseg.training.cache import Sample, build_cache
@@ -101,9 +101,9 @@ def _train_epoch(model, optimizer, loss_fn, transform, train: list[Sample], stag
     """One epoch; its data order and augmentation depend only on (seed, epoch)."""
     model.train()
     rng = np.random.RandomState([stage.seed, epoch])
-    count = stage.samples_per_epoch or len(train)
-    order = np.concatenate([rng.permutation(len(train)) for _ in range(-(-count // len(train)))])[:count]
+    order = draw_order(train, stage, rng)
     losses = []
+    count = len(order)
     for it in range(0, count, stage.batch_size):
         batch = [train[i] for i in order[it:it + stage.batch_size]]
         pairs = [load_sample(s, stage, rng, transform) for s in batch]
@@ -123,25 +123,44 @@ def _train_epoch(model, optimizer, loss_fn, transform, train: list[Sample], stag
     return float(np.mean(losses))
 
 
+def draw_order(train: list[Sample], stage: StageConfig, rng: np.random.RandomState) -> np.ndarray:
+    """Indices of one epoch's training samples: shuffled passes over ``train``; with
+    ``tumor_fraction`` > 0 that share of the draws (on average) is replaced by crops with tumour."""
+    count = stage.samples_per_epoch or len(train)
+    order = np.concatenate([rng.permutation(len(train)) for _ in range(-(-count // len(train)))])[:count]
+    with_tumor = np.flatnonzero([s.has_tumor for s in train])
+    if stage.tumor_fraction > 0 and len(with_tumor):
+        chosen = rng.random_sample(count) < stage.tumor_fraction
+        order[chosen] = rng.choice(with_tumor, size=int(chosen.sum()))
+    return order
+
+
 @torch.inference_mode()
 def validate(model, val: list[Sample], stage: StageConfig, device: str) -> dict[str, float]:
-    """Dice at the network's input resolution on un-augmented validation samples.
+    """Dice per validation case at the network's input resolution, on un-augmented samples.
 
-    Localizer: ``val_dice`` = foreground Dice. Segmenter: mean of kidney+tumour and tumour Dice.
+    Localizer: ``val_dice`` = foreground Dice. Segmenter: mean of kidney+tumour and tumour Dice,
+    each pooled over the case's kidney crops (so a crop without tumour counts through its false
+    positives only, as it would in the whole case, instead of scoring 0 on its own).
     """
     model.eval()
-    per_region: dict[str, list[float]] = {"val_kidney_tumor": [], "val_tumor": []}
+    regions = {"val_kidney_tumor": lambda a: a > 0}
+    if stage.network.num_classes > 2:
+        regions["val_tumor"] = lambda a: a == 2
+    counts: dict[str, dict[str, np.ndarray]] = {}  # case -> region -> (overlap, predicted, true) voxels
     for sample in val:
         image, label = load_sample(sample, stage, None)
         with autocast(stage.precision, device):
             pred = model(image[None].to(device)).argmax(1)[0].cpu().numpy()
         truth = label[0].numpy()
-        per_region["val_kidney_tumor"].append(dice(pred > 0, truth > 0))
-        if stage.network.num_classes > 2:
-            per_region["val_tumor"].append(dice(pred == 2, truth == 2))
-    scores = {k: float(np.mean(v)) for k, v in per_region.items() if v}
+        case = counts.setdefault(sample.case_id, {k: np.zeros(3, np.int64) for k in regions})
+        for key, select in regions.items():
+            p, t = select(pred), select(truth)
+            case[key] += [np.count_nonzero(p & t), np.count_nonzero(p), np.count_nonzero(t)]
+    scores = {key: float(np.mean([dice_from_counts(*c[key]) for c in counts.values()])) for key in regions}
     scores["val_dice"] = float(np.mean(list(scores.values())))
     return scores
+
 
 
 def autocast(precision: str, device: str) -> torch.autocast:

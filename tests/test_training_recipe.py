@@ -1,0 +1,98 @@
+"""The training recipe's parts beyond the paper: tumour-aware sampling, intensity augmentation,
+per-case validation Dice, and the cache's record of which crops hold tumour."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from conftest import micro_stage
+
+from kidneyseg.config import preset
+from kidneyseg.training.augment import augment, make_augment
+from kidneyseg.training.cache import Sample, build_cache
+from kidneyseg.training.fit import draw_order, validate
+
+
+def _samples(flags: list[bool]) -> list[Sample]:
+    return [Sample(f"case_{i:05d}", None, None, None, flag) for i, flag in enumerate(flags)]
+
+
+def test_uniform_draws_are_shuffled_passes():
+    stage = replace(preset("paper").segmenter, samples_per_epoch=10)
+    order = draw_order(_samples([True, False, False, False]), stage, np.random.RandomState(3))
+    assert len(order) == 10
+    assert sorted(order[:4]) == [0, 1, 2, 3] and sorted(order[4:8]) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("fraction", [0.5, 1.0])
+def test_tumor_fraction_sets_share_of_tumor_crops(fraction):
+    flags = [True] + [False] * 9  # uniform draws would give tumour crops 10 % of the time
+    stage = replace(preset("paper").segmenter, samples_per_epoch=4000, tumor_fraction=fraction)
+    order = draw_order(_samples(flags), stage, np.random.RandomState(0))
+    share = np.mean([flags[i] for i in order])
+    expected = fraction + (1 - fraction) * 0.1
+    assert abs(share - expected) < 0.03
+    # fixed by the random state, so a resumed epoch draws the same crops
+    assert np.array_equal(order, draw_order(_samples(flags), stage, np.random.RandomState(0)))
+
+
+def test_intensity_augmentation_changes_image_only_and_repeats():
+    stage = replace(micro_stage("segmenter"), intensity_prob=1.0, flip_prob=0.0, rotate_deg=0.0)
+    image = torch.randn(1, 16, 16, 16)
+    label = (image > 0.5).float()
+    first = augment(make_augment(stage), image, label, np.random.RandomState(1))
+    again = augment(make_augment(stage), image, label, np.random.RandomState(1))
+    assert not torch.allclose(first[0], image, atol=0.05)
+    assert torch.equal(first[1], label)
+    assert torch.equal(first[0], again[0])
+    plain = replace(stage, intensity_prob=0.0)
+    untouched = augment(make_augment(plain), image, label, np.random.RandomState(1))
+    assert torch.equal(untouched[0], image)
+
+
+class _Echo(torch.nn.Module):
+    """Predicts the given label maps, one per call, as one-hot logits."""
+
+    def __init__(self, predictions):
+        super().__init__()
+        self.predictions = list(predictions)
+
+    def forward(self, image):
+        pred = torch.from_numpy(self.predictions.pop(0)).long()
+        return torch.nn.functional.one_hot(pred, 3).permute(3, 0, 1, 2)[None].float()
+
+
+def test_segmenter_validation_pools_crops_per_case(tmp_path):
+    """A kidney crop without tumour that gets one false tumour voxel costs that voxel, not a 0."""
+    shape = (16, 16, 16)
+    with_tumor = np.zeros(shape, np.uint8)
+    with_tumor[4:12, 4:12, 4:12] = 1
+    with_tumor[6:10, 6:10, 6:10] = 2
+    without = np.zeros(shape, np.uint8)
+    without[4:12, 4:12, 4:12] = 1
+    samples = []
+    for name, label in (("a", with_tumor), ("b", without)):
+        np.save(tmp_path / f"{name}_image.npy", np.zeros(shape, np.float16))
+        np.save(tmp_path / f"{name}_label.npy", label)
+        samples.append(Sample("case_00001", tmp_path / f"{name}_image.npy", tmp_path / f"{name}_label.npy"))
+    one_false_voxel = without.copy()
+    one_false_voxel[5, 5, 5] = 2
+    stage = replace(micro_stage("segmenter"), input_size=shape, precision="fp32")
+    scores = validate(_Echo([with_tumor, one_false_voxel]), samples, stage, "cpu")
+    assert scores["val_tumor"] == pytest.approx(2 * 64 / (65 + 64))
+    assert scores["val_kidney_tumor"] == 1.0
+
+
+def test_cache_records_tumor_crops(phantom_dir, tmp_path):
+    from kidneyseg import io
+
+    stage = micro_stage("segmenter")
+    samples = build_cache(io.layout.kits_cases(phantom_dir), tmp_path / "cache", stage, preset("tiny").pipeline,
+                          progress=False)
+    assert samples, "the phantoms have kidneys"
+    for sample in samples:
+        assert sample.has_tumor == bool(np.any(np.load(sample.label) == 2))
+    assert any(s.has_tumor for s in samples)
