@@ -1,7 +1,7 @@
 """A second, deliberately different CT renderer around KiTS19 label maps, for scoring models
 trained on ``kidneyseg synth --from-labels`` phantoms on images they have never seen the like of.
 
-It shares no code with ``kidneyseg.synthetic`` (only numpy and scipy) and makes other choices
+It shares no code with ``kidneyseg.synthetic`` (it draws with numpy and scipy) and makes other choices
 wherever the main renderer makes one: a portal-venous-like look with homogeneous kidneys
 (no cortex/medulla pattern, no renal sinus), organs and bowel as thresholded random fields
 instead of modelled shapes, a darker liver, tumours of any enhancement with a smooth texture,
@@ -21,9 +21,11 @@ import sys
 import zlib
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from kidneyseg.io import atomic_write, load_label_map, save_nifti
+from kidneyseg.io.layout import IMAGE_NAME, LABEL_NAME
 
 DEFAULT_LABELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "kits19-labels"
 COARSE_MM = 6.0  # random fields are drawn on this grid, then interpolated
@@ -99,26 +101,17 @@ def _field(rng: np.random.Generator, shape, spacing, sigma_mm: float) -> np.ndar
 
 
 def render_case(label_path: Path, out_dir: Path, seed: int) -> Path:
-    """Render one KiTS case folder into ``out_dir/<case>``; the image is on the label map's grid."""
+    """Render one KiTS case folder into ``out_dir/<case>``; the image is on the label map's grid.
+
+    Reading and writing go through kidneyseg.io (RAS+ by flips and permutations, atomic writes,
+    the label map's header kept); only the drawing is this module's own."""
     case_id = label_path.parent.name
-    image = nib.load(label_path)
-    ras = nib.as_closest_canonical(image)  # RAS+ by flips and permutations, to place anatomy by direction
-    labels = np.asarray(ras.dataobj, dtype=np.uint8)
-    spacing = np.asarray(ras.header.get_zooms()[:3], dtype=np.float64)
+    volume = load_label_map(label_path)
     rng = np.random.default_rng([seed, zlib.crc32(case_id.encode())])
-    hu_ras = render(labels, spacing, rng)
-    # back to the file's own voxel order
-    transform = nib.orientations.ornt_transform(nib.orientations.io_orientation(ras.affine),
-                                                nib.orientations.io_orientation(image.affine))
-    hu = nib.orientations.apply_orientation(hu_ras, transform)
+    hu = volume.to_file_order(render(volume.array, np.asarray(volume.spacing_mm, dtype=np.float64), rng))
     folder = out_dir / case_id
-    folder.mkdir(parents=True, exist_ok=True)
-    out = nib.Nifti1Image(hu, image.affine)
-    out.set_qform(image.affine, 1)
-    out.set_sform(image.affine, 1)
-    nib.save(out, folder / "imaging.tmp.nii.gz")
-    (folder / "imaging.tmp.nii.gz").replace(folder / "imaging.nii.gz")
-    shutil.copyfile(label_path, folder / "segmentation.nii.gz")
+    save_nifti(hu, volume.file_affine, folder / IMAGE_NAME, header=volume.header)
+    atomic_write(folder / LABEL_NAME, lambda tmp: shutil.copyfile(label_path, tmp))
     return folder
 
 

@@ -82,12 +82,13 @@ def run_row(name: str, work: Path, out: Path, minutes: float, overrides: list[st
     stage = override(small.segmenter, [*ROWS[name], *overrides, f"max_minutes={minutes}", "epochs=100000"])
     model_dir = out / name.split("(")[0].strip(" +=").replace(" ", "-").lower()
     shared_cache(work, model_dir)
-    caches = {folder: cached(work, folder, stage, small.pipeline) for folder in ("train", "validation", "independent")}
+    cached(work, "train", stage, small.pipeline)  # built here, under the lock; fit then finds it current
+    scored = {folder: cached(work, folder, stage, small.pipeline) for folder in ("validation", "independent")}
     start = time.perf_counter()
     result = fit(work / "train", model_dir, stage, small.pipeline, overwrite=True)
     seconds = time.perf_counter() - start
     net, trained, _ = load_model(result.run_dir / "best.safetensors")
-    scores = {folder: validate(net, caches[folder], trained, "cpu") for folder in ("validation", "independent")}
+    scores = {folder: validate(net, samples, trained, "cpu") for folder, samples in scored.items()}
     return {"row": name, "settings": ROWS[name], "overrides": overrides, "minutes": minutes,
             "epochs": result.epochs_done, "threads": torch.get_num_threads(), "seconds_with_cache": seconds,
             "scores": scores}
@@ -104,12 +105,11 @@ def cached(work: Path, folder: str, stage, pipeline) -> list:
 def markdown(out: Path) -> str:
     lines = ["| recipe (stage 2, ground-truth crops) | epochs | kidney+tumour | tumour | "
              "independent renderer: kidney+tumour | tumour |", "|---|---|---|---|---|---|"]
-    for path in sorted(out.glob("row*.json")):
-        row = json.loads(path.read_text())
+    rows = [json.loads(p.read_text()) for p in sorted(out.glob("row*.json"))]
+    for row in rows:
         v, i = row["scores"]["validation"], row["scores"]["independent"]
         lines.append(f"| {row['row']} | {row['epochs']} | {v['val_kidney_tumor']:.3f} | {v['val_tumor']:.3f} | "
                      f"{i['val_kidney_tumor']:.3f} | {i['val_tumor']:.3f} |")
-    rows = [json.loads(p.read_text()) for p in sorted(out.glob("row*.json"))]
     common = sorted({(r["minutes"], r["threads"], " ".join(r["overrides"])) for r in rows})
     setup = "; ".join(f"{m:g} training minutes on {t} thread(s), overrides: {extra or 'none'}"
                       for m, t, extra in common)
