@@ -32,6 +32,7 @@ from accuracy import shared_cache
 
 from kidneyseg import io
 from kidneyseg.config import override, preset
+from kidneyseg.model import place
 from kidneyseg.training.cache import build_cache
 from kidneyseg.training.checkpoint import load_model
 from kidneyseg.training.fit import fit, validate
@@ -88,6 +89,7 @@ def run_row(name: str, work: Path, out: Path, minutes: float, overrides: list[st
     result = fit(work / "train", model_dir, stage, small.pipeline, overwrite=True)
     seconds = time.perf_counter() - start
     net, trained, _ = load_model(result.run_dir / "best.safetensors")
+    net = place(net, "cpu")
     scores = {folder: validate(net, samples, trained, "cpu") for folder, samples in scored.items()}
     return {"row": name, "settings": ROWS[name], "overrides": overrides, "minutes": minutes,
             "epochs": result.epochs_done, "threads": torch.get_num_threads(), "seconds_with_cache": seconds,

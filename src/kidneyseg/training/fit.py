@@ -23,6 +23,7 @@ from kidneyseg import io
 from kidneyseg.config import PipelineConfig, StageConfig, pipeline_from_dict, stage_from_dict, to_dict, to_json
 from kidneyseg.errors import TrainingDivergedError, UsageError
 from kidneyseg.evaluation import dice_from_counts
+from kidneyseg.model import place
 from kidneyseg.report import save_training_curves
 from kidneyseg.training.augment import make_augment
 from kidneyseg.training.cache import Sample, build_cache
@@ -50,7 +51,7 @@ def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineC
     samples = build_cache(cases, Path(model_dir) / "cache" / stage.stage, stage, pipeline, progress)
     train, val = split_samples(samples, stage.val_fraction, stage.seed)
     torch.manual_seed(stage.seed)
-    model = build_model(stage).to(device)
+    model = place(build_model(stage), device)
     optimizer = torch.optim.Adam(model.parameters(), lr=stage.lr, weight_decay=stage.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=stage.lr_decay)
     epoch, best, minutes, log = 0, -math.inf, 0.0, []
