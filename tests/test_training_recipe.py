@@ -3,6 +3,7 @@ per-case validation Dice, and the cache's record of which crops hold tumour."""
 
 from __future__ import annotations
 
+import csv
 from dataclasses import replace
 
 import numpy as np
@@ -13,7 +14,7 @@ from conftest import micro_stage
 from kidneyseg.config import preset
 from kidneyseg.training.augment import augment, make_augment
 from kidneyseg.training.cache import Sample, build_cache
-from kidneyseg.training.fit import draw_order, validate
+from kidneyseg.training.fit import draw_order, fit, validate
 
 
 def _samples(flags: list[bool]) -> list[Sample]:
@@ -96,3 +97,18 @@ def test_cache_records_tumor_crops(phantom_dir, tmp_path):
     for sample in samples:
         assert sample.has_tumor == bool(np.any(np.load(sample.label) == 2))
     assert any(s.has_tumor for s in samples)
+
+
+def test_time_budget_ends_the_epoch_early(phantom_dir, tmp_path):
+    """A budget far shorter than one epoch stops after the first step, validates and saves;
+    the log says how many samples that epoch drew."""
+    stage = micro_stage("localizer", "samples_per_epoch=400", "epochs=3", "max_minutes=0.0001")
+    result = fit(phantom_dir, tmp_path, stage, preset("tiny").pipeline, progress=False)
+    rows = list(csv.DictReader((tmp_path / "localizer" / "log.csv").open()))
+    assert result.epochs_done == 1 and len(rows) == 1
+    assert 1 <= int(rows[0]["samples"]) < 400
+    assert (tmp_path / "localizer" / "best.safetensors").is_file()
+    whole = micro_stage("localizer", "epochs=1")
+    unlimited = fit(phantom_dir, tmp_path / "full", whole, preset("tiny").pipeline, progress=False)
+    rows = list(csv.DictReader((unlimited.run_dir / "log.csv").open()))
+    assert int(rows[0]["samples"]) == whole.samples_per_epoch

@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in OUT/<stage> where it stopped")
     p.add_argument("--overwrite", action="store_true", help="discard an existing run in OUT/<stage>")
     p.add_argument("--epochs", type=int, help="override the preset's number of epochs")
-    p.add_argument("--minutes", type=float, help="override the preset's training time limit (0 = none)")
+    p.add_argument("--minutes", type=float,
+                   help="override the preset's training time limit in minutes (0 = none); checked before every "
+                   "step, so the last epoch may end early")
     p.add_argument("--seed", type=int, help="override the preset's seed")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any setting, e.g. --set lr=1e-3 --set network.base_filters=8 "

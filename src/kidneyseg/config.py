@@ -51,7 +51,7 @@ class StageConfig:
     batch_size: int = 1
     epochs: int = 300
     samples_per_epoch: int = 0  # 0: one pass over the training cases
-    max_minutes: float = 0.0  # 0: no time limit; otherwise stop after this much training time
+    max_minutes: float = 0.0  # 0: no limit; else stop training (and validation) within a step of this many minutes
     val_fraction: float = 0.2
     flip_prob: float = 0.5  # per axis
     rotate_deg: float = 15.0  # uniform rotation of axial slices in [-rotate_deg, rotate_deg]

@@ -41,6 +41,10 @@ class TwoStageModel:
     pipeline: PipelineConfig
     device: str = "cpu"
 
+    def __post_init__(self) -> None:
+        self.localizer = place(self.localizer, self.device)  # on the device, channels-last on CPUs
+        self.segmenter = place(self.segmenter, self.device)
+
 
 @dataclass
 class Segmentation:
@@ -77,7 +81,7 @@ def load_model_dir(model_dir: str | Path, device: str = "cpu", **pipeline_overri
         if cfg.network.num_classes != classes:
             raise ModelFileError(f"expected a {classes}-class {path.name}, found {cfg.network.num_classes} classes",
                                  path)
-    return TwoStageModel(place(loc, device), loc_cfg, place(seg, device), seg_cfg, pipeline, device)
+    return TwoStageModel(loc, loc_cfg, seg, seg_cfg, pipeline, device)
 
 
 def segment(ct: str | Path | io.Volume | np.ndarray, model: TwoStageModel | str | Path,

@@ -64,15 +64,19 @@ def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineC
         epoch, best, minutes, log = state["epoch"], state["best_val_dice"], state["minutes"], state["log"]
     loss_fn, transform = make_loss(stage), make_augment(stage)
     bar = tqdm(total=stage.epochs, initial=epoch, desc=f"train {stage.stage}", unit="epoch", disable=not progress)
-    while epoch < stage.epochs and not (stage.max_minutes and minutes >= stage.max_minutes):
+    # The budget counts training and validation; it is checked before every step, so a run stops
+    # within one step (plus the validation of its last, possibly partial, epoch) of --minutes.
+    deadline = time.perf_counter() + (stage.max_minutes - minutes) * 60 if stage.max_minutes else math.inf
+    while epoch < stage.epochs and time.perf_counter() < deadline:
         start = time.perf_counter()
-        train_loss = _train_epoch(model, optimizer, loss_fn, transform, train, stage, epoch, device)
+        train_loss, drawn = _train_epoch(model, optimizer, loss_fn, transform, train, stage, epoch, device,
+                                         deadline)
         scheduler.step()
         scores = validate(model, val, stage, device)
         epoch += 1
         minutes += (time.perf_counter() - start) / 60
         log.append({"epoch": epoch, "train_loss": train_loss, **scores, "lr": scheduler.get_last_lr()[0],
-                    "minutes": minutes})
+                    "minutes": minutes, "samples": drawn})
         improved = scores["val_dice"] > best
         best = max(best, scores["val_dice"])
         _save_epoch(run_dir, model, optimizer, scheduler, stage, epoch, best, minutes, log, improved)
@@ -98,14 +102,17 @@ def split_samples(samples: list[Sample], val_fraction: float, seed: int) -> tupl
 
 
 def _train_epoch(model, optimizer, loss_fn, transform, train: list[Sample], stage: StageConfig, epoch: int,
-                 device: str) -> float:
-    """One epoch; its data order and augmentation depend only on (seed, epoch)."""
+                 device: str, deadline: float = math.inf) -> tuple[float, int]:
+    """One epoch: (mean loss, samples drawn). Its data order and augmentation depend only on
+    (seed, epoch). Past ``deadline`` (``time.perf_counter()``) it ends early, after at least one step."""
     model.train()
     rng = np.random.RandomState([stage.seed, epoch])
     order = draw_order(train, stage, rng)
     losses = []
     count = len(order)
     for it in range(0, count, stage.batch_size):
+        if losses and time.perf_counter() >= deadline:
+            return float(np.mean(losses)), it
         batch = [train[i] for i in order[it:it + stage.batch_size]]
         pairs = [load_sample(s, stage, rng, transform) for s in batch]
         images = torch.stack([p[0] for p in pairs]).to(device)
@@ -121,7 +128,7 @@ def _train_epoch(model, optimizer, loss_fn, transform, train: list[Sample], stag
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    return float(np.mean(losses))
+    return float(np.mean(losses)), count
 
 
 def draw_order(train: list[Sample], stage: StageConfig, rng: np.random.RandomState) -> np.ndarray:
