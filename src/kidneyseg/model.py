@@ -26,9 +26,10 @@ def place(model: nn.Module, device: str | torch.device) -> nn.Module:
     """Move ``model`` to ``device``; on a CPU also store its conv weights channels-last (NDHWC).
 
     oneDNN's 3D convolutions then run channels-last end to end instead of reordering every
-    activation: measured on 2 cores, a training step of the ``small`` segmenter (96³, bf16) went
-    from 3.2 s to 2.2 s and inference from 0.74 s to 0.57 s (fp32 training: 3.4 s to 2.9 s).
-    Results are the same up to float rounding. GPUs keep the default layout (not measured there).
+    activation: on 2 cores (``benchmarks/train_speed.py``) a training step of the ``small``
+    segmenter (96³, bf16) went from 2.23 s to 1.83 s and inference from 0.76 s to 0.63 s; in fp32,
+    3.33 s to 2.83 s. Results are the same up to float rounding. GPUs keep the default layout
+    (not measured there).
     Weights files are unaffected: ``save_weights`` stores contiguous tensors.
     """
     model = model.to(device)
