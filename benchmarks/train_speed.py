@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/train_speed.py [--preset small] [--stage segmenter] [--steps 6]
 
-One step is what ``fit`` does per sample: forward (autocast as set), the stage's loss, backward,
-Adam. The four variants take turns, step by step, so that a machine that slows down or speeds up
+One step is ``fit``'s own ``train_step`` on one sample: forward (autocast as set), the stage's
+loss, backward, Adam. The four variants take turns, step by step, so that a machine that slows down or speeds up
 during the run affects them alike; the first step of each is a warm-up and is not counted. Prints
 the median step and inference times and their speed-ups over fp32 with the default layout. What
 training and inference use: channels-last on CPUs (``kidneyseg.model.place``), the preset's precision.
@@ -21,7 +21,7 @@ import torch
 from kidneyseg.config import preset
 from kidneyseg.model import place
 from kidneyseg.training.checkpoint import build_model
-from kidneyseg.training.fit import autocast
+from kidneyseg.training.fit import autocast, train_step
 from kidneyseg.training.losses import make_loss
 
 VARIANTS = [(precision, layout) for precision in ("fp32", "bf16") for layout in ("default", "channels-last")]
@@ -48,13 +48,8 @@ def main() -> int:
     train = {v: [] for v in VARIANTS}
     for _ in range(args.steps + 1):
         for variant in VARIANTS:
-            net, optimizer = nets[variant].train(), optimizers[variant]
             start = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(variant[0], "cpu"):
-                logits = net(x)
-            loss_fn(logits.float(), y).backward()
-            optimizer.step()
+            train_step(nets[variant].train(), optimizers[variant], loss_fn, x, y, variant[0], "cpu")
             train[variant].append(time.perf_counter() - start)
     infer = {v: [] for v in VARIANTS}
     with torch.inference_mode():

@@ -117,18 +117,27 @@ def _train_epoch(model, optimizer, loss_fn, transform, train: list[Sample], stag
         pairs = [load_sample(s, stage, rng, transform) for s in batch]
         images = torch.stack([p[0] for p in pairs]).to(device)
         labels = torch.stack([p[1] for p in pairs]).to(device)
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(stage.precision, device):
-            logits = model(images)
-        loss = loss_fn(logits.float(), labels)
+        loss = train_step(model, optimizer, loss_fn, images, labels, stage.precision, device)
         if not torch.isfinite(loss):
             names = ", ".join(s.case_id for s in batch)
             raise TrainingDivergedError(f"loss became {loss.item()} at epoch {epoch + 1}, iteration {it + 1} "
                                         f"(case {names}); the best checkpoint was left untouched")
-        loss.backward()
-        optimizer.step()
         losses.append(loss.item())
     return float(np.mean(losses)), count
+
+
+def train_step(model, optimizer, loss_fn, images: torch.Tensor, labels: torch.Tensor, precision: str,
+               device: str) -> torch.Tensor:
+    """One optimiser step on a batch: forward (autocast per ``precision``), loss, and, only when
+    the loss is finite, backward and update. Returns the loss; a non-finite one changed nothing."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(precision, device):
+        logits = model(images)
+    loss = loss_fn(logits.float(), labels)
+    if torch.isfinite(loss):
+        loss.backward()
+        optimizer.step()
+    return loss
 
 
 def draw_order(train: list[Sample], stage: StageConfig, rng: np.random.RandomState) -> np.ndarray:
