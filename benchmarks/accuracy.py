@@ -24,6 +24,7 @@ The preprocessing caches live in WORK/cache, shared by every model trained here.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import time
@@ -193,11 +194,11 @@ def learning_curve(model_dir: Path, png: Path) -> dict[str, dict[str, list[float
 
     curves = {}
     for stage in ("localizer", "segmenter"):
-        rows = (model_dir / stage / "log.csv").read_text().splitlines()
-        header = rows[0].split(",")
-        values = [dict(zip(header, map(float, r.split(",")))) for r in rows[1:]]
-        curves[stage] = {key: [v[key] for v in values] for key in ("minutes", "val_kidney_tumor", "val_tumor")
-                         if key in header}
+        with open(model_dir / stage / "log.csv", newline="") as handle:
+            reader = csv.DictReader(handle)
+            values = list(reader)
+        curves[stage] = {key: [float(v[key]) for v in values] for key in ("minutes", "val_kidney_tumor", "val_tumor")
+                         if key in reader.fieldnames}
     fig = Figure(figsize=(7, 4))
     ax = fig.add_subplot()
     for stage, curve in curves.items():

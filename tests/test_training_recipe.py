@@ -14,6 +14,7 @@ from conftest import micro_stage
 from kidneyseg.config import preset
 from kidneyseg.training.augment import augment, make_augment
 from kidneyseg.training.cache import Sample, build_cache
+from kidneyseg.training.checkpoint import load_state, save_state
 from kidneyseg.training.fit import draw_order, fit, validate
 
 
@@ -112,3 +113,18 @@ def test_time_budget_ends_the_epoch_early(phantom_dir, tmp_path):
     unlimited = fit(phantom_dir, tmp_path / "full", whole, preset("tiny").pipeline, progress=False)
     rows = list(csv.DictReader((unlimited.run_dir / "log.csv").open()))
     assert int(rows[0]["samples"]) == whole.samples_per_epoch
+
+
+def test_resuming_a_run_logged_without_samples_keeps_every_row(phantom_dir, tmp_path):
+    """A run saved before log.csv had its samples column still resumes; the old row's cell is empty."""
+    pipeline = preset("tiny").pipeline
+    fit(phantom_dir, tmp_path, micro_stage("localizer", "epochs=1"), pipeline, progress=False)
+    path = tmp_path / "localizer" / "last_state.pt"
+    state = load_state(path)
+    for row in state["log"]:
+        del row["samples"]
+    save_state(path, state)
+    fit(phantom_dir, tmp_path, micro_stage("localizer", "epochs=2"), pipeline, resume=True, progress=False)
+    rows = list(csv.DictReader((tmp_path / "localizer" / "log.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert rows[0]["samples"] == "" and int(rows[1]["samples"]) == micro_stage("localizer").samples_per_epoch

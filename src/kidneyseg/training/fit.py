@@ -233,8 +233,11 @@ def _save_epoch(run_dir, model, optimizer, scheduler, stage, epoch, best, minute
 
 
 def _csv(rows: list[dict]) -> str:
+    """Every column any row has, in order of first appearance; a row without one (a run resumed
+    from a version that logged less) leaves that cell empty."""
     buffer = _io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
