@@ -1,21 +1,25 @@
-"""What does each part of the CPU training recipe buy? Stage 2 alone, on ground-truth kidney crops.
+"""A quick proxy for choosing the stage-2 training recipe: a fixed number of training steps, several
+seeds, scored at full resolution on both renderers, with spreads and bootstrap intervals.
 
-    .venv/bin/python benchmarks/recipe.py [--minutes 8] [--rows NAME ...] [--work DIR]
+    .venv/bin/python benchmarks/recipe.py [--steps 240] [--seeds 0 1] [--rows NAME ...] [--threads N]
 
-Each row adds one change to the row before it, starting from the paper's recipe (weighted Dice,
-Adam 5e-4, fp32, uniform crop sampling, no intensity augmentation) on the ``small`` preset's
-network (96³, base 8), and ending at the ``small`` preset itself. Every row trains the segmenter for
-the same number of minutes on the 150 training cases of benchmarks/kits19_split.json (the crops of
-the ground-truth boxes, as stage 2 trains in the pipeline), keeps its best checkpoint by its own
-internal validation, and is then scored at the network's input resolution on the 30 validation
-cases: once as rendered by ``kidneyseg synth --from-labels`` (the training renderer), once as
-rendered by benchmarks/independent_phantoms.py (a different renderer). Dice is pooled over the
-crops of each case, then averaged over cases.
+Each row is one setting on top of the ``small`` preset's segmenter (96³, base 8, bf16, Adam 3e-3).
+Every (row, seed) trains stage 2 alone on the ground-truth kidney crops of the 150 training cases
+of benchmarks/kits19_split.json for exactly ``--steps`` steps (epochs of ``--draws`` draws; the
+budget is counted in steps, so a busy machine changes the wall time, never the result), validates
+once at the end on 5 % of the training cases and keeps those final weights. It is then scored on
+the 30 validation cases, as rendered by ``kidneyseg synth --from-labels`` and by
+benchmarks/independent_phantoms.py, at full resolution through ``segment(..., boxes=)`` with
+the ground-truth boxes of the preset's box rules (probabilities resized, no test-time flips).
 
-Run benchmarks/accuracy.py first (or at least let it render the cases). Rows are independent;
-to use both cores for two rows at a time, run two processes with ``--rows`` and ``--threads 1``.
-Each row writes WORK/recipe/ROW.json; every run prints the table of all rows written so far
-and writes it to WORK/recipe/table.md.
+Per row: the mean over seeds of the case-mean Dice, the spread of the seed means (min to max), and
+a bootstrap 95 % interval over cases of the seed-averaged per-case Dice. A row is better than
+another only when the difference is outside both rows' spreads.
+
+Run benchmarks/accuracy.py first (or at least let it render the cases). Each run is stored in
+WORK/recipe/RUN/ (model) and WORK/recipe/RUN.json (scores) and reused when present; two processes
+with different ``--rows`` or ``--seeds`` and ``--threads 1`` use both cores. Every call prints the
+table of all rows scored so far and writes WORK/recipe/table.md.
 """
 
 from __future__ import annotations
@@ -27,95 +31,143 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from accuracy import shared_cache
 
 from kidneyseg import io
-from kidneyseg.config import override, preset
-from kidneyseg.model import place
+from kidneyseg.config import override_preset, preset
+from kidneyseg.evaluation import case_scores
+from kidneyseg.inference import TwoStageModel, segment
+from kidneyseg.postprocess import kidney_boxes
 from kidneyseg.training.cache import build_cache
-from kidneyseg.training.checkpoint import load_model
-from kidneyseg.training.fit import fit, validate
+from kidneyseg.training.checkpoint import build_model, load_model
+from kidneyseg.training.fit import fit
 
 HERE = Path(__file__).resolve().parent
-PAPER = ["loss=dice", "lr=5e-4", "precision=fp32", "tumor_fraction=0", "intensity_prob=0"]
-# Cumulative: each row is the one above plus one change; the last row is the small preset.
+# Each row: the segmenter settings it changes from the small preset (its loss is Dice + cross-entropy).
 ROWS = {
-    "paper recipe": PAPER,
-    "+ Dice + cross-entropy, lr 3e-3": ["loss=dice_ce", "lr=3e-3", "precision=fp32", "tumor_fraction=0",
-                                        "intensity_prob=0"],
-    "+ bf16 autocast": ["loss=dice_ce", "lr=3e-3", "precision=bf16", "tumor_fraction=0", "intensity_prob=0"],
-    "+ tumour-aware sampling (0.75)": ["loss=dice_ce", "lr=3e-3", "precision=bf16", "tumor_fraction=0.75",
-                                       "intensity_prob=0"],
-    "+ intensity augmentation (0.15) = small": [],
+    "small: Dice + CE": [],
+    "paper's weighted Dice alone": ["loss=dice"],
+    "Dice + class-weighted CE": ["loss=dice_wce"],
+    "regions: Dice + BCE": ["loss=regions"],
+    "Dice + CE, deep supervision loss": ["deep_supervision_loss=true"],
+    "regions, deep supervision loss": ["loss=regions", "deep_supervision_loss=true"],
+    "Dice + CE, tumour sampling 0.5": ["tumor_fraction=0.5"],
+    "Dice + CE, lr 1e-3": ["lr=1e-3"],
 }
+RENDERERS = {"validation": "training renderer", "independent": "independent renderer"}
+REGIONS = ("kidney_tumor", "tumor")
+INFERENCE = ["pipeline.resize_probabilities=true", "pipeline.tta_flips=false"]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=HERE / ".work" / "accuracy")
-    parser.add_argument("--minutes", type=float, default=8.0, help="training minutes per row")
-    parser.add_argument("--rows", nargs="*", type=int, help=f"row numbers 0-{len(ROWS) - 1} (default: all)")
+    parser.add_argument("--steps", type=int, default=240, help="training steps per run")
+    parser.add_argument("--draws", type=int, default=48, help="draws per epoch (steps must be a multiple)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--rows", nargs="*", help=f"row names or numbers 0-{len(ROWS) - 1} (default: the first 4)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="segmenter settings for every row, e.g. --set input_size=64,64,64")
+    parser.add_argument("--table-only", action="store_true", help="print the table of the runs stored so far")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    for folder in ("train", "validation", "independent"):
+    if args.steps % args.draws:
+        parser.error("--steps must be a multiple of --draws")
+    for folder in ("train", *RENDERERS):
         if not (args.work / folder).is_dir():
             print(f"{args.work / folder} is missing: run benchmarks/accuracy.py first", file=sys.stderr)
             return 2
     out = args.work / "recipe"
     out.mkdir(parents=True, exist_ok=True)
-    names = list(ROWS)
-    for index in args.rows if args.rows is not None else range(len(ROWS)):
-        row = run_row(names[index], args.work, out, args.minutes, args.overrides)
-        (out / f"row{index}.json").write_text(json.dumps(row, indent=1))
+    if not args.table_only:
+        names = list(ROWS)
+        chosen = [names[int(r)] if r.isdigit() else r for r in args.rows] if args.rows else names[:4]
+        for name in chosen:
+            for seed in args.seeds:
+                run(name, seed, args.work, out, args.steps, args.draws)
     table = markdown(out)
     (out / "table.md").write_text(table)
     print(table)
     return 0
 
 
-def run_row(name: str, work: Path, out: Path, minutes: float, overrides: list[str]) -> dict:
+def run(name: str, seed: int, work: Path, out: Path, steps: int, draws: int) -> dict:
+    """Train (row, seed) for ``steps`` steps and score it on both renderers; reuse a stored result."""
+    slug = f"{name.split(':')[0].replace(' ', '-').replace(',', '').replace('+', 'p').lower()}-{steps}-s{seed}"
+    result_path = out / f"{slug}.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
     small = preset("small")
-    stage = override(small.segmenter, [*ROWS[name], *overrides, f"max_minutes={minutes}", "epochs=100000"])
-    model_dir = out / name.split("(")[0].strip(" +=").replace(" ", "-").lower()
+    epochs = steps // draws
+    stage, pipeline = override_preset(small, "segmenter", [
+        *ROWS[name], *INFERENCE, f"seed={seed}", f"epochs={epochs}", f"samples_per_epoch={draws}",
+        f"val_every={epochs}", "val_fraction=0.05", "max_minutes=0"])
+    model_dir = out / slug
     shared_cache(work, model_dir)
-    cached(work, "train", stage, small.pipeline)  # built here, under the lock; fit then finds it current
-    scored = {folder: cached(work, folder, stage, small.pipeline) for folder in ("validation", "independent")}
-    start = time.perf_counter()
-    result = fit(work / "train", model_dir, stage, small.pipeline, overwrite=True)
-    seconds = time.perf_counter() - start
-    net, trained, _ = load_model(result.run_dir / "best.safetensors")
-    net = place(net, "cpu")
-    scores = {folder: validate(net, samples, trained, "cpu") for folder, samples in scored.items()}
-    return {"row": name, "settings": ROWS[name], "overrides": overrides, "minutes": minutes,
-            "epochs": result.epochs_done, "threads": torch.get_num_threads(), "seconds_with_cache": seconds,
-            "scores": scores}
-
-
-def cached(work: Path, folder: str, stage, pipeline) -> list:
-    """Stage-2 samples of WORK/folder, building the cache under a lock so that parallel rows build it once."""
-    name = "segmenter" if folder == "train" else f"{folder}-segmenter"  # "segmenter" is fit's own cache folder
-    with open(work / "cache" / ".lock", "w") as lock:
+    with open(work / "cache" / ".lock", "w") as lock:  # parallel runs build the shared cache once
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return build_cache(io.layout.kits_cases(work / folder), work / "cache" / name, stage, pipeline)
+        build_cache(io.layout.kits_cases(work / "train"), work / "cache" / "segmenter", stage, pipeline)
+    start = time.perf_counter()
+    fit(work / "train", model_dir, stage, pipeline, overwrite=True)
+    train_seconds = time.perf_counter() - start
+    net, trained, _ = load_model(model_dir / "segmenter" / "best.safetensors")
+    # The localizer is never run: segment(..., boxes=) replaces it with the ground-truth boxes.
+    localizer = build_model(small.localizer)
+    model = TwoStageModel(localizer, small.localizer, net, trained, pipeline)
+    scores = {folder: score(work / folder, model) for folder in RENDERERS}
+    result = {"row": name, "settings": ROWS[name], "seed": seed, "steps": steps, "draws_per_epoch": draws,
+              "threads": torch.get_num_threads(), "train_seconds": train_seconds, "per_case": scores}
+    result_path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def score(folder: Path, model: TwoStageModel) -> dict[str, dict[str, float]]:
+    """Kidney+tumour and tumour Dice per case, stage 2 on the ground-truth boxes, full resolution."""
+    per_case = {}
+    for case in io.layout.kits_cases(folder):
+        image, truth = io.load_case(case)
+        boxes = kidney_boxes(truth.array > 0, model.pipeline, image.spacing_mm)
+        scores = case_scores(segment(image, model, boxes=boxes).labels, truth.array)
+        per_case[case.case_id] = {region: scores[region] for region in REGIONS}
+    return per_case
+
+
+def summarize_row(runs: list[dict], folder: str, region: str, draws: int = 2000) -> dict[str, float]:
+    """Mean over seeds of the case-mean Dice, the seed means' min and max, and a bootstrap 95 %
+    interval over cases of the seed-averaged per-case Dice (``draws`` resamples, fixed seed)."""
+    cases = sorted(runs[0]["per_case"][folder])
+    table = np.array([[r["per_case"][folder][c][region] for c in cases] for r in runs])  # (seeds, cases)
+    seed_means = table.mean(axis=1)
+    per_case = table.mean(axis=0)
+    resampled = np.random.default_rng(0).integers(0, len(cases), size=(draws, len(cases)))
+    low, high = np.percentile(per_case[resampled].mean(axis=1), [2.5, 97.5])
+    return {"mean": float(seed_means.mean()), "seed_min": float(seed_means.min()),
+            "seed_max": float(seed_means.max()), "ci_low": float(low), "ci_high": float(high)}
 
 
 def markdown(out: Path) -> str:
-    lines = ["| recipe (stage 2, ground-truth crops) | epochs | kidney+tumour | tumour | "
-             "independent renderer: kidney+tumour | tumour |", "|---|---|---|---|---|---|"]
-    rows = [json.loads(p.read_text()) for p in sorted(out.glob("row*.json"))]
-    for row in rows:
-        v, i = row["scores"]["validation"], row["scores"]["independent"]
-        lines.append(f"| {row['row']} | {row['epochs']} | {v['val_kidney_tumor']:.3f} | {v['val_tumor']:.3f} | "
-                     f"{i['val_kidney_tumor']:.3f} | {i['val_tumor']:.3f} |")
-    common = sorted({(r["minutes"], r["threads"], " ".join(r["overrides"])) for r in rows})
-    setup = "; ".join(f"{m:g} training minutes on {t} thread(s), overrides: {extra or 'none'}"
-                      for m, t, extra in common)
-    return f"{setup}\n\n" + "\n".join(lines) + "\n"
+    runs = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["row"], r["steps"]), []).append(r)
+    header = " | ".join(f"{RENDERERS[f]}: {'kidney+tumour' if g == 'kidney_tumor' else 'tumour'}"
+                        for f in RENDERERS for g in REGIONS)
+    lines = [f"| recipe (stage 2, ground-truth boxes) | steps | seeds | {header} | train min/run |",
+             "|---|---|---|" + "---|" * (len(RENDERERS) * len(REGIONS)) + "---|"]
+    order = {name: i for i, name in enumerate(ROWS)}
+    for (name, steps), group in sorted(groups.items(), key=lambda kv: (kv[0][1], order.get(kv[0][0], 99))):
+        cells = []
+        for folder in RENDERERS:
+            for region in REGIONS:
+                s = summarize_row(group, folder, region)
+                cells.append(f"{s['mean']:.3f} ({s['seed_min']:.3f}-{s['seed_max']:.3f}; "
+                             f"CI {s['ci_low']:.2f}-{s['ci_high']:.2f})")
+        minutes = np.mean([r["train_seconds"] for r in group]) / 60
+        lines.append(f"| {name} | {steps} | {len(group)} | {' | '.join(cells)} | {minutes:.1f} |")
+    return ("Each cell: mean over seeds (seed means min-max; bootstrap 95 % interval over the 30 cases).\n\n"
+            + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

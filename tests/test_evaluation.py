@@ -124,7 +124,7 @@ def test_write_results_contents(tmp_path) -> None:
     assert [float(v) for v in rows[4][1:]] == pytest.approx([0.8, 0.5, 0.8])
 
     document = json.loads(json_path.read_text())
-    assert set(document) == {"per_case", "summary", "empty_rule"}
+    assert set(document) == {"per_case", "summary", "empty_rule", "surface_tolerance_mm"}
     assert document["per_case"] == PER_CASE
     assert document["summary"] == summarize(PER_CASE)
     assert document["empty_rule"] == EMPTY_RULE
@@ -153,3 +153,55 @@ def test_format_table() -> None:
 
 def test_format_table_no_cases() -> None:
     assert "no cases" in format_table({})
+
+
+def _cube(shape=(20, 20, 20), at=(5, 5, 5), size=5) -> np.ndarray:
+    labels = np.zeros(shape, np.uint8)
+    labels[tuple(slice(a, a + size) for a in at)] = 1
+    return labels
+
+
+def test_surface_scores_use_the_spacing_of_each_axis() -> None:
+    """A cube and the same cube one voxel further along an axis: the 95th-percentile distance is one
+    voxel of that axis in mm (a quarter of the surface lies in the shifted faces, far above 5 %)."""
+    from kidneyseg.evaluation import surface_scores
+
+    truth = _cube()
+    along_x, along_y = _cube(at=(6, 5, 5)), _cube(at=(5, 6, 5))
+    spacing = (2.0, 0.5, 1.0)
+    assert surface_scores(along_x, truth, spacing)["kidney_tumor_hd95"] == pytest.approx(2.0)
+    assert surface_scores(along_y, truth, spacing)["kidney_tumor_hd95"] == pytest.approx(0.5)
+    # every boundary voxel within 2 mm of the other boundary: surface Dice 1 at 2 mm, less at 1 mm
+    assert surface_scores(along_x, truth, spacing, tolerance_mm=2.0)["kidney_tumor_surface_dice"] == pytest.approx(1)
+    assert surface_scores(along_x, truth, spacing, tolerance_mm=1.0)["kidney_tumor_surface_dice"] < 0.9
+    same = surface_scores(truth, truth, spacing)
+    assert same["kidney_tumor_surface_dice"] == 1.0 and same["kidney_tumor_hd95"] == 0.0
+
+
+def test_surface_scores_are_unchanged_by_the_crop_and_follow_the_empty_rule() -> None:
+    import torch
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+
+    from kidneyseg.evaluation import surface_scores
+
+    rng = np.random.default_rng(0)
+    pred, truth = np.zeros((30, 30, 30), np.uint8), np.zeros((30, 30, 30), np.uint8)
+    pred[8:20, 9:22, 10:18] = 1
+    truth[10:21, 8:20, 10:19] = 1
+    pred[rng.random(pred.shape) < 0.02] = 0
+    spacing = (0.8, 0.8, 2.5)
+    onehot = [torch.from_numpy(np.stack([m == 0, m == 1])[None]) for m in (pred, truth)]
+    full_surface = compute_surface_dice(*onehot, [2.0], spacing=list(spacing)).item()
+    full_hd = compute_hausdorff_distance(*onehot, percentile=95, spacing=list(spacing)).item()
+    scores = surface_scores(pred, truth, spacing)
+    assert scores["kidney_tumor_surface_dice"] == pytest.approx(full_surface)
+    assert scores["kidney_tumor_hd95"] == pytest.approx(full_hd)
+    # no tumour in either: perfect; tumour in the truth only: surface Dice 0 and no distance
+    assert scores["tumor_surface_dice"] == 1.0 and scores["tumor_hd95"] == 0.0
+    truth[12:14, 12:14, 12:14] = 2
+    missed = surface_scores(pred, truth, spacing)
+    assert missed["tumor_surface_dice"] == 0.0 and math.isnan(missed["tumor_hd95"])
+    summary = summarize({"a": {**case_scores(pred, truth), **missed}, "b": {**case_scores(truth, truth),
+                                                                            **surface_scores(truth, truth, spacing)}})
+    assert summary["tumor_hd95"]["n"] == 1 and summary["tumor_hd95"]["mean"] == 0.0
+    assert summary["tumor_surface_dice"]["n"] == 2 and summary["tumor_surface_dice"]["mean"] == 0.5

@@ -128,3 +128,16 @@ def test_resuming_a_run_logged_without_samples_keeps_every_row(phantom_dir, tmp_
     rows = list(csv.DictReader((tmp_path / "localizer" / "log.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert rows[0]["samples"] == "" and int(rows[1]["samples"]) == micro_stage("localizer").samples_per_epoch
+
+
+def test_validation_every_n_epochs_and_after_the_last(phantom_dir, tmp_path):
+    """val_every=2 over 3 epochs validates after epochs 2 and 3 only; best.safetensors comes from one of them."""
+    stage = micro_stage("segmenter", "epochs=3", "val_every=2", "loss=regions", "deep_supervision_loss=true")
+    fit(phantom_dir, tmp_path, stage, preset("tiny").pipeline, progress=False)
+    rows = list(csv.DictReader((tmp_path / "segmenter" / "log.csv").open()))
+    assert [r["val_dice"] != "" for r in rows] == [False, True, True]
+    from kidneyseg.training.checkpoint import load_model
+
+    _, saved, meta = load_model(tmp_path / "segmenter" / "best.safetensors")
+    assert meta["epoch"] in (2, 3) and saved.loss == "regions" and saved.deep_supervision_loss
+    assert meta["val_dice"] == max(float(r["val_dice"]) for r in rows[1:])

@@ -86,8 +86,9 @@ def predict_inputs(inputs: Path, out_dir: Path, model_dir: Path, *, overwrite: b
 
 
 def evaluate_folders(pred_dir: Path, gt_dir: Path, out_dir: Path) -> tuple[dict[str, dict[str, float]], tuple]:
-    """Score ``pred_dir/<case_id>.nii.gz`` against ``gt_dir/<case_id>/segmentation.nii.gz``."""
-    from kidneyseg.evaluation import case_scores, write_results
+    """Score ``pred_dir/<case_id>.nii.gz`` against ``gt_dir/<case_id>/segmentation.nii.gz``: Dice,
+    surface Dice and HD95 (mm, on the ground truth file's voxel spacing) of every region."""
+    from kidneyseg.evaluation import case_scores, surface_scores, write_results
 
     cases = io.layout.kits_cases(gt_dir, need_images=False)
     missing = [c.case_id for c in cases if not (Path(pred_dir) / f"{c.case_id}.nii.gz").exists()]
@@ -100,5 +101,6 @@ def evaluate_folders(pred_dir: Path, gt_dir: Path, out_dir: Path) -> tuple[dict[
         truth = io.load_label_map(case.label)
         io.check_same_grid(truth.file_affine, truth.file_shape, pred.file_affine, pred.file_shape,
                            case.label, pred.path)
-        per_case[case.case_id] = case_scores(pred.array, truth.array)
+        per_case[case.case_id] = {**case_scores(pred.array, truth.array),
+                                  **surface_scores(pred.array, truth.array, truth.spacing_mm)}
     return per_case, write_results(per_case, Path(out_dir))

@@ -20,12 +20,15 @@ import csv
 import io
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from kidneyseg.io.atomic import atomic_write_text
 from kidneyseg.labels import REGIONS, region_mask
+
+SURFACE_TOLERANCE_MM = 2.0  # surface Dice: a boundary voxel counts when within 2 mm of the other boundary
 
 EMPTY_RULE = (
     "Dice is 1.0 when a region is empty in both prediction and truth (KiTS21/23 convention; "
@@ -88,34 +91,88 @@ def case_scores(pred_labels: np.ndarray, true_labels: np.ndarray) -> Scores:
     }
 
 
-def summarize(per_case: dict[str, Scores]) -> dict[str, dict[str, float]]:
-    """Mean, std (population, ddof=0), median, min, max and n of each region's Dice over cases.
+def surface_scores(pred_labels: np.ndarray, true_labels: np.ndarray, spacing_mm: tuple[float, float, float],
+                   tolerance_mm: float = SURFACE_TOLERANCE_MM) -> Scores:
+    """Surface Dice at ``tolerance_mm`` and the 95th-percentile Hausdorff distance (mm) of every
+    region, keyed ``<region>_surface_dice`` and ``<region>_hd95``, on the voxel spacing of the file.
 
-    ``per_case`` maps case id -> :func:`case_scores` output. Returns region -> statistic -> value.
+    Both come from MONAI (``compute_surface_dice``, ``compute_hausdorff_distance``) on the masks
+    cropped to the bounding box of both, with a margin of one voxel (surfaces and distances are
+    unchanged by it). Empty rule, as for Dice: a region empty in both scores surface Dice 1.0 and
+    HD95 0.0; empty in only one, surface Dice 0.0 and HD95 NaN (no distance exists; NaN is left out
+    of the summaries, which count the cases they use, and written as null in JSON).
+    """
+    scores: Scores = {}
+    for region in REGIONS:
+        pred, truth = region_mask(pred_labels, region), region_mask(true_labels, region)
+        n_pred, n_truth = np.count_nonzero(pred), np.count_nonzero(truth)
+        if not n_pred or not n_truth:
+            both_empty = not n_pred and not n_truth
+            scores[f"{region}_surface_dice"] = 1.0 if both_empty else 0.0
+            scores[f"{region}_hd95"] = 0.0 if both_empty else math.nan
+            continue
+        pred, truth = _crop_to_both(pred, truth)
+        scores[f"{region}_surface_dice"], scores[f"{region}_hd95"] = _monai_surface(pred, truth, spacing_mm,
+                                                                                   tolerance_mm)
+    return scores
+
+
+def _crop_to_both(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks cut to their joint bounding box plus one empty voxel on every side."""
+    where = np.argwhere(pred | truth)
+    lo, hi = where.min(0), where.max(0) + 1
+    window = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    return np.pad(pred[window], 1), np.pad(truth[window], 1)
+
+
+def _monai_surface(pred: np.ndarray, truth: np.ndarray, spacing_mm, tolerance_mm: float) -> tuple[float, float]:
+    import torch
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+
+    def onehot(mask: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.stack([~mask, mask])[None])
+
+    spacing = [float(s) for s in spacing_mm]
+    with warnings.catch_warnings():  # MONAI 1.5 warns about a deprecated argument its own code passes
+        warnings.simplefilter("ignore", FutureWarning)
+        surface = compute_surface_dice(onehot(pred), onehot(truth), [tolerance_mm], spacing=spacing)
+        hd95 = compute_hausdorff_distance(onehot(pred), onehot(truth), percentile=95, spacing=spacing)
+    return float(surface.item()), float(hd95.item())
+
+
+def summarize(per_case: dict[str, Scores]) -> dict[str, dict[str, float]]:
+    """Mean, std (population, ddof=0), median, min, max and n of each score over cases.
+
+    ``per_case`` maps case id -> scores (:func:`case_scores`, optionally with :func:`surface_scores`).
+    Returns score name -> statistic -> value, for every score the cases have (Dice of each region
+    first). NaN values (HD95 where only one mask is empty) are left out; ``n`` counts the values used.
 
     Raises:
-        ValueError: if there are no cases, or a case lacks a region's score.
+        ValueError: if there are no cases, or a case lacks a region's Dice.
     """
     _check_per_case(per_case)
     summary: dict[str, dict[str, float]] = {}
-    for region in REGIONS:
-        values = np.array([float(scores[region]) for scores in per_case.values()], dtype=np.float64)
-        summary[region] = {
-            "mean": float(np.mean(values)),
-            "std": float(np.std(values)),
-            "median": float(np.median(values)),
-            "min": float(np.min(values)),
-            "max": float(np.max(values)),
-            "n": len(values),
-        }
+    for key in _score_names(per_case):
+        values = np.array([float(scores.get(key, math.nan)) for scores in per_case.values()], dtype=np.float64)
+        values = values[np.isfinite(values)]
+        stats = (np.mean, np.std, np.median, np.min, np.max)
+        summary[key] = {name: float(f(values)) if len(values) else math.nan
+                        for name, f in zip(("mean", "std", "median", "min", "max"), stats, strict=True)}
+        summary[key]["n"] = len(values)
     return summary
+
+
+def _score_names(per_case: dict[str, Scores]) -> list[str]:
+    """The regions' Dice first, then every other score in the order the cases have them."""
+    return list(dict.fromkeys([*REGIONS, *(key for scores in per_case.values() for key in scores)]))
 
 
 def write_results(per_case: dict[str, Scores], out_dir: Path, stem: str = "scores") -> tuple[Path, Path]:
     """Write ``<stem>.csv`` and ``<stem>.json`` into ``out_dir`` (created if missing), atomically.
 
-    The CSV has a header ``case_id,<region>,...``, one row per case (sorted by case id) and a
-    final row ``mean``. The JSON holds ``{"per_case": ..., "summary": ..., "empty_rule": ...}``.
+    The CSV has a header ``case_id,<score>,...`` (each region's Dice, then surface Dice and HD95
+    where scored), one row per case (sorted by case id) and a final row ``mean``. The JSON holds
+    ``{"per_case": ..., "summary": ..., "empty_rule": ..., "surface_tolerance_mm": ...}``.
     Each file is written to a hidden temp file in ``out_dir`` and renamed over the target, so a
     crash never leaves a partial file. Returns ``(csv_path, json_path)``.
 
@@ -125,21 +182,22 @@ def write_results(per_case: dict[str, Scores], out_dir: Path, stem: str = "score
     """
     summary = summarize(per_case)
     out_dir = Path(out_dir)
-    regions = list(REGIONS)
+    regions = _score_names(per_case)
     case_ids = sorted(per_case)
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["case_id", *regions])
     for case_id in case_ids:
-        writer.writerow([case_id, *(repr(float(per_case[case_id][r])) for r in regions)])
+        writer.writerow([case_id, *(repr(float(per_case[case_id].get(r, math.nan))) for r in regions)])
     writer.writerow(["mean", *(repr(summary[r]["mean"]) for r in regions)])
     csv_path = atomic_write_text(out_dir / f"{stem}.csv", buffer.getvalue())
 
     document = {
-        "per_case": {case_id: {r: float(per_case[case_id][r]) for r in regions} for case_id in case_ids},
+        "per_case": {case_id: {r: float(per_case[case_id].get(r, math.nan)) for r in regions} for case_id in case_ids},
         "summary": summary,
         "empty_rule": EMPTY_RULE,
+        "surface_tolerance_mm": SURFACE_TOLERANCE_MM,
     }
     text = json.dumps(_nan_to_none(document), indent=2, allow_nan=False) + "\n"
     json_path = atomic_write_text(out_dir / f"{stem}.json", text)

@@ -24,6 +24,7 @@ from kidneyseg.config import PipelineConfig, StageConfig, pipeline_from_dict
 from kidneyseg.errors import ModelFileError
 from kidneyseg.geometry import Box, crop, paste_max, resize_image, resize_labels
 from kidneyseg.model import place
+from kidneyseg.outputs import probabilities, to_labels
 from kidneyseg.postprocess import clean_labels, kidney_boxes
 from kidneyseg.preprocess import normalize_ct
 from kidneyseg.training.checkpoint import load_model
@@ -115,33 +116,34 @@ def segment(ct: str | Path | io.Volume | np.ndarray, model: TwoStageModel | str 
 def localize(norm: np.ndarray, spacing_mm: tuple[float, float, float], model: TwoStageModel,
              timings: dict[str, float]) -> list[Box]:
     """Stage 1 on the normalised CT (X, Y, Z): one paper crop box per kept kidney region."""
-    size = model.localizer_config.input_size
-    probs = _predict(model.localizer, resize_image(norm, size), model, model.localizer_config.precision, timings)
-    return kidney_boxes(resize_labels(probs.argmax(0).astype(np.uint8), norm.shape), model.pipeline, spacing_mm)
+    stage = model.localizer_config
+    probs = _predict(model.localizer, resize_image(norm, stage.input_size), model, stage, timings)
+    return kidney_boxes(resize_labels(to_labels(probs, stage.regions), norm.shape), model.pipeline, spacing_mm)
 
 
 def _segment_patch(patch: np.ndarray, model: TwoStageModel, timings: dict[str, float]) -> np.ndarray:
     """Stage 2 on one crop: labels (uint8) on the crop's own grid."""
     stage = model.segmenter_config
-    probs = _predict(model.segmenter, resize_image(patch, stage.input_size), model, stage.precision, timings)
+    probs = _predict(model.segmenter, resize_image(patch, stage.input_size), model, stage, timings)
     if model.pipeline.resize_probabilities:
-        return resize_image(probs, patch.shape).argmax(0).numpy().astype(np.uint8)
-    return resize_labels(probs.argmax(0).astype(np.uint8), patch.shape)
+        return to_labels(resize_image(probs, patch.shape), stage.regions)
+    return resize_labels(to_labels(probs, stage.regions), patch.shape)
 
 
 @torch.inference_mode()
-def _predict(net: torch.nn.Module, image: torch.Tensor, model: TwoStageModel, precision: str,
+def _predict(net: torch.nn.Module, image: torch.Tensor, model: TwoStageModel, stage: StageConfig,
              timings: dict[str, float]) -> np.ndarray:
-    """Softmax probabilities (C, X, Y, Z) for a (1, X, Y, Z) input, optionally averaged over flips."""
+    """Probabilities (C, X, Y, Z) for a (1, X, Y, Z) input (softmax over classes, or sigmoid per
+    region: see kidneyseg.outputs), optionally averaged over flips."""
     start = time.perf_counter()
     x = image[None].to(model.device)
     flips = [()] + ([(2,), (3,), (4,)] if model.pipeline.tta_flips else [])
     total = None
     for dims in flips:
         flipped = torch.flip(x, dims) if dims else x
-        with autocast(precision, model.device):
+        with autocast(stage.precision, model.device):
             logits = net(flipped)
-        probs = torch.softmax(logits.float(), dim=1)
+        probs = probabilities(logits.float(), stage.regions)
         probs = torch.flip(probs, dims) if dims else probs
         total = probs if total is None else total + probs
     # .contiguous(): a channels-last network returns channels-last tensors; NumPy code downstream

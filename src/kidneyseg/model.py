@@ -179,9 +179,12 @@ class IsenseeUNet(nn.Module):
                 f"{self.divisor} (= 2**(levels - 1) with levels={self.levels}) in every dimension"
             )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, all_scales: bool = False) -> torch.Tensor | list[torch.Tensor]:
         """Logits (N, num_classes, X, Y, Z) for input (N, in_channels, X, Y, Z).
 
+        With ``all_scales`` (deep supervision as a loss at each scale, as nnU-Net trains) a list
+        instead: the running sum of the segmentation layers at level 0, 1, ..., i.e. logits of shape
+        (N, num_classes, X / 2**i, Y / 2**i, Z / 2**i); its first element is the usual output.
         X, Y and Z must each be divisible by ``2**(levels - 1)``; ValueError otherwise.
         """
         self._check_input(x)
@@ -189,12 +192,11 @@ class IsenseeUNet(nn.Module):
         for level in self.context:
             x = level(x)
             skips.append(x)
-        logits: torch.Tensor | None = None
+        scales: list[torch.Tensor] = []
         for i in reversed(range(self.levels - 1)):
             x = torch.cat([skips[i], self.upsampling[i](x)], dim=1)
             x = self.localization[i](x)
             if i < len(self.seg_layers):
                 seg = self.seg_layers[i](x)
-                logits = seg if logits is None else seg + self.upscale(logits)
-        assert logits is not None  # seg_layers[0] always exists
-        return logits
+                scales.insert(0, seg if not scales else seg + self.upscale(scales[0]))
+        return scales if all_scales else scales[0]

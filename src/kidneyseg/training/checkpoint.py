@@ -35,7 +35,7 @@ def save_weights(path: Path, model: torch.nn.Module, stage: StageConfig, **meta:
 
 def build_model(stage: StageConfig) -> IsenseeUNet:
     net = stage.network
-    return IsenseeUNet(in_channels=net.in_channels, num_classes=net.num_classes, base_filters=net.base_filters,
+    return IsenseeUNet(in_channels=net.in_channels, num_classes=stage.out_channels, base_filters=net.base_filters,
                        levels=net.levels, dropout=net.dropout, deep_supervision=net.deep_supervision)
 
 

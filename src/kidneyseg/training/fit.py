@@ -24,6 +24,7 @@ from kidneyseg.config import PipelineConfig, StageConfig, pipeline_from_dict, st
 from kidneyseg.errors import TrainingDivergedError, UsageError
 from kidneyseg.evaluation import dice_from_counts
 from kidneyseg.model import place
+from kidneyseg.outputs import probabilities, to_labels
 from kidneyseg.report import save_training_curves
 from kidneyseg.training.augment import make_augment
 from kidneyseg.training.cache import Sample, build_cache
@@ -72,18 +73,19 @@ def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineC
         train_loss, drawn = _train_epoch(model, optimizer, loss_fn, transform, train, stage, epoch, device,
                                          deadline)
         scheduler.step()
-        scores = validate(model, val, stage, device)
         epoch += 1
+        last = epoch >= stage.epochs or time.perf_counter() >= deadline
+        scores = validate(model, val, stage, device) if last or epoch % stage.val_every == 0 else {}
         minutes += (time.perf_counter() - start) / 60
         log.append({"epoch": epoch, "train_loss": train_loss, **scores, "lr": scheduler.get_last_lr()[0],
                     "minutes": minutes, "samples": drawn})
-        improved = scores["val_dice"] > best
-        best = max(best, scores["val_dice"])
+        improved = bool(scores) and scores["val_dice"] > best
+        best = max(best, scores.get("val_dice", -math.inf))
         _save_epoch(run_dir, model, optimizer, scheduler, stage, epoch, best, minutes, log, improved)
         if epoch % CURVES_EVERY == 0:
             save_training_curves(log, run_dir / "curves.png", title=f"{stage.stage} training")
         bar.update(1)
-        bar.set_postfix(loss=f"{train_loss:.3f}", val_dice=f"{scores['val_dice']:.3f}")
+        bar.set_postfix(loss=f"{train_loss:.3f}", val_dice=f"{best:.3f}")
     bar.close()
     if log:
         save_training_curves(log, run_dir / "curves.png", title=f"{stage.stage} training")
@@ -117,7 +119,8 @@ def _train_epoch(model, optimizer, loss_fn, transform, train: list[Sample], stag
         pairs = [load_sample(s, stage, rng, transform) for s in batch]
         images = torch.stack([p[0] for p in pairs]).to(device)
         labels = torch.stack([p[1] for p in pairs]).to(device)
-        loss = train_step(model, optimizer, loss_fn, images, labels, stage.precision, device)
+        loss = train_step(model, optimizer, loss_fn, images, labels, stage.precision, device,
+                          stage.deep_supervision_loss)
         if not torch.isfinite(loss):
             names = ", ".join(s.case_id for s in batch)
             raise TrainingDivergedError(f"loss became {loss.item()} at epoch {epoch + 1}, iteration {it + 1} "
@@ -127,13 +130,15 @@ def _train_epoch(model, optimizer, loss_fn, transform, train: list[Sample], stag
 
 
 def train_step(model, optimizer, loss_fn, images: torch.Tensor, labels: torch.Tensor, precision: str,
-               device: str) -> torch.Tensor:
-    """One optimiser step on a batch: forward (autocast per ``precision``), loss, and, only when
-    the loss is finite, backward and update. Returns the loss; a non-finite one changed nothing."""
+               device: str, all_scales: bool = False) -> torch.Tensor:
+    """One optimiser step on a batch: forward (autocast per ``precision``; logits at every scale with
+    ``all_scales``), loss, and, only when the loss is finite, backward and update. Returns the loss;
+    a non-finite one changed nothing."""
     optimizer.zero_grad(set_to_none=True)
     with autocast(precision, device):
-        logits = model(images)
-    loss = loss_fn(logits.float(), labels)
+        logits = model(images, all_scales=all_scales)
+    logits = [out.float() for out in logits] if all_scales else logits.float()
+    loss = loss_fn(logits, labels)
     if torch.isfinite(loss):
         loss.backward()
         optimizer.step()
@@ -168,7 +173,8 @@ def validate(model, val: list[Sample], stage: StageConfig, device: str) -> dict[
     for sample in val:
         image, label = load_sample(sample, stage, None)
         with autocast(stage.precision, device):
-            pred = model(image[None].to(device)).argmax(1)[0].cpu().numpy()
+            logits = model(image[None].to(device))
+        pred = to_labels(probabilities(logits.float(), stage.regions)[0].cpu(), stage.regions)
         truth = label[0].numpy()
         case = counts.setdefault(sample.case_id, {k: np.zeros(3, np.int64) for k in regions})
         for key, select in regions.items():
@@ -177,7 +183,6 @@ def validate(model, val: list[Sample], stage: StageConfig, device: str) -> dict[
     scores = {key: float(np.mean([dice_from_counts(*c[key]) for c in counts.values()])) for key in regions}
     scores["val_dice"] = float(np.mean(list(scores.values())))
     return scores
-
 
 
 def autocast(precision: str, device: str) -> torch.autocast:
@@ -220,7 +225,7 @@ def _write_pipeline(path: Path, pipeline: PipelineConfig, overwrite: bool) -> No
 
 
 def _save_epoch(run_dir, model, optimizer, scheduler, stage, epoch, best, minutes, log, improved) -> None:
-    meta = {"epoch": epoch, "val_dice": log[-1]["val_dice"]}
+    meta = {"epoch": epoch, "val_dice": log[-1].get("val_dice")}
     if improved:
         save_weights(run_dir / "best.safetensors", model, stage, **meta)
     save_weights(run_dir / "last.safetensors", model, stage, **meta)

@@ -1,4 +1,15 @@
-"""Losses: the paper's class-weighted soft Dice, optionally plus cross-entropy."""
+"""Losses for logits (N, C, X, Y, Z) and integer targets (N, 1, X, Y, Z), chosen by ``StageConfig.loss``:
+
+* ``dice``: the paper's class-weighted soft Dice, 1 - sum_c w_c * Dice_c.
+* ``dice_ce``: that plus cross-entropy (every voxel counts the same).
+* ``dice_wce``: that plus cross-entropy with the class weights (normalised; torch's weighted mean).
+* ``regions``: sigmoid channels for the nested regions label >= 1, label >= 2 (kidney+tumour,
+  tumour), mean soft Dice over the regions plus binary cross-entropy, as nnU-Net trains KiTS21.
+
+With ``deep_supervision_loss`` the network returns logits at every supervised scale (full, 1/2,
+1/4 ...) and the loss is their weighted sum with weights 1, 1/2, 1/4 ... normalised to 1 (nnU-Net's
+scheme), each against the target taken at every 2**i-th voxel (nearest).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +20,9 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 
 from kidneyseg.config import StageConfig
+from kidneyseg.outputs import region_targets
 
-Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Loss = Callable[[torch.Tensor | list[torch.Tensor], torch.Tensor], torch.Tensor]
 
 
 def weighted_dice_loss(class_weights: tuple[float, ...]) -> DiceLoss:
@@ -19,19 +31,52 @@ def weighted_dice_loss(class_weights: tuple[float, ...]) -> DiceLoss:
     MONAI's DiceLoss computes 1 - Dice_c per class; its ``weight`` multiplies each class's
     term and ``reduction="sum"`` adds them, so with weights summing to 1 (as the paper's
     (0.01, 0.99) and (0.01, 0.14, 0.85) do) this is exactly 1 - sum_c w_c * Dice_c.
+    The Dice is pooled over the batch (``batch=True``): one Dice per class over all samples' voxels.
     """
-    weights = torch.tensor(class_weights, dtype=torch.float32)
-    weights = weights / weights.sum()
-    return DiceLoss(to_onehot_y=True, softmax=True, weight=weights, reduction="sum", batch=True)
+    return DiceLoss(to_onehot_y=True, softmax=True, weight=_normalised(class_weights), reduction="sum", batch=True)
+
+
+def region_loss() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Mean over regions of (1 - soft Dice) plus binary cross-entropy, for sigmoid region logits.
+    The Dice is pooled over the batch, as in ``weighted_dice_loss``."""
+    dice = DiceLoss(sigmoid=True, batch=True, reduction="mean")
+
+    def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        regions = region_targets(target, logits.shape[1])
+        return dice(logits, regions) + F.binary_cross_entropy_with_logits(logits, regions)
+
+    return loss
 
 
 def make_loss(stage: StageConfig) -> Loss:
-    """Loss for logits (N, C, X, Y, Z) and integer targets (N, 1, X, Y, Z)."""
+    """The stage's loss; with ``deep_supervision_loss`` it takes the list of logits at every scale."""
+    base = _single_scale(stage)
+    if not stage.deep_supervision_loss:
+        return base
+
+    def deep(outputs: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        weights = _normalised([0.5**i for i in range(len(outputs))])
+        pairs = enumerate(zip(weights, outputs, strict=True))
+        return sum(w * base(out, target[..., ::2**i, ::2**i, ::2**i]) for i, (w, out) in pairs)
+
+    return deep
+
+
+def _single_scale(stage: StageConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if stage.loss == "regions":
+        return region_loss()
     dice = weighted_dice_loss(stage.class_weights)
     if stage.loss == "dice":
         return dice
+    ce_weight = _normalised(stage.class_weights) if stage.loss == "dice_wce" else None
 
     def dice_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return dice(logits, target) + F.cross_entropy(logits, target[:, 0].long())
+        weight = None if ce_weight is None else ce_weight.to(logits.device)
+        return dice(logits, target) + F.cross_entropy(logits, target[:, 0].long(), weight=weight)
 
     return dice_ce
+
+
+def _normalised(weights) -> torch.Tensor:
+    tensor = torch.tensor(weights, dtype=torch.float32)
+    return tensor / tensor.sum()

@@ -1,0 +1,36 @@
+"""From network logits to probabilities and labels, for the two kinds of output a stage can have.
+
+* Classes (the paper): one channel per label (background, kidney, tumour), softmax, label = argmax.
+* Nested regions (``loss="regions"``, as nnU-Net trains KiTS21): one sigmoid channel per region
+  ``label >= k`` for k = 1 .. classes - 1, i.e. kidney+tumour and tumour. A voxel's label is the
+  number of leading regions it is inside (probability > 0.5): tumour only inside kidney+tumour.
+
+Training's validation and inference both call these, so a stage is read the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+THRESHOLD = 0.5
+
+
+def probabilities(logits: torch.Tensor, regions: bool) -> torch.Tensor:
+    """Per-channel probabilities of logits (N, C, X, Y, Z): sigmoid per region or softmax over classes."""
+    return torch.sigmoid(logits) if regions else torch.softmax(logits, dim=1)
+
+
+def to_labels(probs: np.ndarray | torch.Tensor, regions: bool) -> np.ndarray:
+    """uint8 labels (X, Y, Z) from probabilities (C, X, Y, Z) (averaged or resized ones too)."""
+    probs = torch.as_tensor(probs)
+    if not regions:
+        return probs.argmax(0).numpy().astype(np.uint8)
+    inside = (probs > THRESHOLD).to(torch.uint8)
+    return torch.cumprod(inside, dim=0).sum(0, dtype=torch.uint8).numpy()
+
+
+def region_targets(labels: torch.Tensor, channels: int) -> torch.Tensor:
+    """Float targets (N, channels, X, Y, Z) of the nested regions ``label >= k`` from labels (N, 1, X, Y, Z)."""
+    levels = torch.arange(1, channels + 1, device=labels.device).view(1, channels, 1, 1, 1)
+    return (labels >= levels).float()
