@@ -205,3 +205,34 @@ def test_surface_scores_are_unchanged_by_the_crop_and_follow_the_empty_rule() ->
                                                                             **surface_scores(truth, truth, spacing)}})
     assert summary["tumor_hd95"]["n"] == 1 and summary["tumor_hd95"]["mean"] == 0.0
     assert summary["tumor_surface_dice"]["n"] == 2 and summary["tumor_surface_dice"]["mean"] == 0.5
+
+
+def test_evaluate_command_end_to_end(tmp_path) -> None:
+    """kidneyseg evaluate on files: a 10-voxel cube with a 4-voxel tumour cube, predicted one voxel
+    further along X (2 mm voxels there): Dice 2 * 900 / 2000 for kidney+tumour and 2 * 48 / 128 for
+    the tumour, HD95 2 mm for both."""
+    import subprocess
+    import sys
+
+    from kidneyseg import io
+
+    affine = np.diag([2.0, 1.0, 1.0, 1.0])
+    truth = np.zeros((20, 20, 20), np.uint8)
+    truth[5:15, 5:15, 5:15] = 1
+    truth[6:10, 6:10, 6:10] = 2
+    pred = np.roll(truth, 1, axis=0)
+    io.save_nifti(truth, affine, tmp_path / "gt" / "case_00001" / "segmentation.nii.gz")
+    io.save_nifti(pred, affine, tmp_path / "pred" / "case_00001.nii.gz")
+    proc = subprocess.run([sys.executable, "-m", "kidneyseg", "evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"),
+                           "--out", str(tmp_path / "scores")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["case_id"]: r for r in csv.DictReader((tmp_path / "scores" / "scores.csv").open())}
+    case = rows["case_00001"]
+    assert float(case["kidney_tumor"]) == pytest.approx(2 * 900 / 2000)
+    assert float(case["tumor"]) == pytest.approx(2 * 48 / 128)
+    assert float(case["kidney_tumor_hd95"]) == pytest.approx(2.0)
+    assert float(case["tumor_hd95"]) == pytest.approx(2.0)
+    assert float(case["kidney_tumor_surface_dice"]) == pytest.approx(1.0)  # every surface voxel within 2 mm
+    document = json.loads((tmp_path / "scores" / "scores.json").read_text())
+    assert document["summary"]["tumor"]["mean"] == pytest.approx(0.75)
+    assert "0.900" in proc.stdout  # the terminal table

@@ -70,6 +70,7 @@ def test_segment_reads_a_region_segmenter_by_the_region_rule():
     pipeline = replace(tiny.pipeline, tta_flips=False, resize_probabilities=False)
     model = TwoStageModel(build_model(tiny.localizer), tiny.localizer, _HalfTumour(), seg_cfg, pipeline)
     ct = np.full((40, 40, 40), 40.0, np.float32)
+    ct[:, :, :2] = -1000.0  # air below the box: a CT in HU
     box = Box((4, 4, 4), (36, 36, 36))
     labels = segment(ct, model, affine=np.eye(4), boxes=[box]).labels
     assert np.all(labels[4:20, 4:36, 4:36] == 2) and np.all(labels[20:36, 4:36, 4:36] == 1)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from kidneyseg import io
 from kidneyseg.config import preset
-from kidneyseg.inference import load_model_dir, segment
+from kidneyseg.inference import TwoStageModel, load_model_dir, segment
 from kidneyseg.postprocess import kidney_boxes
 from kidneyseg.training.fit import fit
 
@@ -112,10 +112,46 @@ def test_no_kidney_gives_valid_empty_output_and_a_warning(trained_model, tmp_pat
     assert written.shape == air.shape and not np.asanyarray(written.dataobj).any()
 
 
-@pytest.mark.parametrize("option", [{"resize_probabilities": True}, {"tta_flips": True}])
-def test_pipeline_options_run(phantom_dir, trained_model, option):
-    result = segment(phantom_dir / "case_00000" / "imaging.nii.gz", load_model_dir(trained_model, **option))
-    assert result.labels.dtype == np.uint8 and set(np.unique(result.labels)) <= {0, 1, 2}
+class _RampTumour(torch.nn.Module):
+    """Ignores the image: P(tumour) = (i + 0.5) / X along the first axis, P(kidney) the rest."""
+
+    def forward(self, x):
+        size = x.shape[2]
+        p = ((torch.arange(size) + 0.5) / size).view(1, size, 1, 1).expand(1, *x.shape[2:])
+        return torch.log(torch.stack([torch.full_like(p, 1e-6), 1 - p, p], dim=1))
+
+
+def _ramp_model(**pipeline):
+    tiny = preset("tiny")
+    seg = replace(tiny.segmenter, precision="fp32")
+    return TwoStageModel(_AlwaysBackground(), tiny.localizer, _RampTumour(), seg, replace(tiny.pipeline, **pipeline))
+
+
+def test_flip_averaging_flips_each_prediction_back():
+    """Flipped along X the ramp comes back reversed (1 - p); along Y or Z it is unchanged, so the
+    average of the four passes is (3p + 1 - p) / 4. Without the flip back it would stay p."""
+    from kidneyseg.inference import _predict
+
+    model = _ramp_model(tta_flips=True)
+    probs = _predict(model.segmenter, torch.zeros(1, 48, 40, 32), model, model.segmenter_config, {"network": 0.0})
+    p = (np.arange(48) + 0.5) / 48
+    assert probs[2, :, 7, 3] == pytest.approx((2 * p + 1) / 4, abs=1e-5)
+    assert np.allclose(probs[2], probs[2, :, :1, :1])  # nothing moved along Y or Z
+    plain = _ramp_model(tta_flips=False)
+    single = _predict(plain.segmenter, torch.zeros(1, 48, 40, 32), plain, plain.segmenter_config, {"network": 0.0})
+    assert single[2, :, 0, 0] == pytest.approx(p, abs=1e-5)
+
+
+@pytest.mark.parametrize("resize_probabilities", [True, False])
+def test_stage_two_output_returns_to_the_crop_along_the_right_axes(resize_probabilities):
+    """The ramp is linear, so the probabilities resized to a 30-voxel axis are (i + 0.5) / 30: tumour
+    exactly in the upper half of X, whatever the sizes of Y and Z. Labels resized nearest agree here."""
+    from kidneyseg.inference import _segment_patch
+
+    model = _ramp_model(tta_flips=False, resize_probabilities=resize_probabilities)
+    labels = _segment_patch(np.zeros((30, 20, 12), np.float32), model, {"network": 0.0})
+    assert labels.shape == (30, 20, 12)
+    assert np.all(labels[15:] == 2) and np.all(labels[:15] == 1)
 
 
 def test_box_rules_in_millimetres_follow_the_spacing():

@@ -14,9 +14,10 @@ def test_components_below_five_percent_of_largest_are_dropped():
     _blob(mask, (30, 30, 30), (50, 50, 48))  # 7200
     _blob(mask, (55, 0, 0), (60, 10, 9))  # 450 (5.6 %: kept)
     _blob(mask, (0, 50, 50), (5, 60, 57))  # 350 (4.4 %: dropped)
-    ids, boxes = large_components(mask, 0.05)
+    kept, boxes = large_components(mask, 0.05)
     assert boxes == [Box((0, 0, 0), (20, 20, 20)), Box((30, 30, 30), (50, 50, 48)), Box((55, 0, 0), (60, 10, 9))]
-    assert ids[2, 55, 55] == 0 and ids[57, 5, 5] != 0
+    assert not kept[2, 55, 55] and kept[57, 5, 5]
+    assert np.array_equal(kept, mask & ~np.pad(np.ones((5, 10, 7), bool), ((0, 55), (50, 0), (50, 3))))
 
 
 def test_diagonal_touch_is_one_component_with_26_connectivity():
@@ -47,9 +48,24 @@ def test_components_match_scipy_away_from_the_origin():
     rng = np.random.default_rng(3)
     mask = np.zeros((50, 40, 30), bool)
     mask[10:40, 8:35, 5:25] = ndimage.binary_opening(rng.random((30, 27, 20)) > 0.55)
-    ids, boxes = large_components(mask, 0.0)
+    kept, boxes = large_components(mask, 0.0)
     labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
     expected = sorted(((sl[0].start, sl[1].start, sl[2].start), (sl[0].stop, sl[1].stop, sl[2].stop))
                       for sl in ndimage.find_objects(labels))
     assert len(boxes) == count and sorted((b.lo, b.hi) for b in boxes) == expected
-    assert np.array_equal(ids > 0, mask)
+    assert np.array_equal(kept, mask)
+
+
+def test_components_of_a_full_size_mask_use_one_byte_per_voxel():
+    """A full-resolution CT has up to 0.28 G voxels: the only full-size array made is a boolean one
+    (a uint32 component map would be 4 bytes a voxel, 1.1 GB for the largest KiTS19 case)."""
+    import tracemalloc
+
+    mask = np.zeros((256, 256, 160), bool)
+    mask[100:140, 100:130, 60:90] = True
+    tracemalloc.start()
+    kept, _ = large_components(mask, 0.05)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert kept.dtype == bool and np.array_equal(kept, mask)
+    assert peak < 1.5 * mask.size

@@ -7,10 +7,11 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from kidneyseg import io
-from kidneyseg.errors import InvalidInputError, KidneysegError, PartialFailureError, ResourceError
+from kidneyseg.errors import InvalidInputError, KidneysegError, PartialFailureError, ResourceError, Terminated
 
 
 @dataclass
@@ -19,14 +20,20 @@ class PredictSummary:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    stopped_by: BaseException | None = None  # KeyboardInterrupt or Terminated: the run ended early
 
     def describe(self) -> str:
         lines = [f"predicted {len(self.written)}, skipped {len(self.skipped)} (exist; use --overwrite), "
                  f"failed {len(self.failed)} in {self.seconds:.1f} s"]
         lines += [f"  FAILED {case}: {why}" for case, why in self.failed.items()]
+        if self.stopped_by is not None:
+            lines.append("  STOPPED: the remaining cases were not started; run the same command again to finish "
+                         "them (existing outputs are skipped)")
         return "\n".join(lines)
 
     def exit_code(self) -> int:
+        if self.stopped_by is not None:
+            return getattr(self.stopped_by, "exit_code", 130)
         return PartialFailureError.exit_code if self.failed else 0
 
 
@@ -58,9 +65,10 @@ def predict_inputs(inputs: Path, out_dir: Path, model_dir: Path, *, overwrite: b
     """Segment every input into ``out_dir/<case_id>.nii.gz``. In a folder run one bad case is
     reported and the others still run (a single input raises its error); existing outputs are
     skipped unless ``overwrite``; a full disk stops the run."""
-    from kidneyseg.inference import load_model_dir, segment
+    from kidneyseg.inference import load_model_dir
 
     todo = find_inputs(Path(inputs))
+    io.check_output_dir(out_dir)
     model = load_model_dir(model_dir, device=device, **({"tta_flips": True} if tta else {}))
     summary, start = PredictSummary(), time.perf_counter()
     out_dir = Path(out_dir)
@@ -70,8 +78,12 @@ def predict_inputs(inputs: Path, out_dir: Path, model_dir: Path, *, overwrite: b
             summary.skipped.append(case_id)
             continue
         try:
-            segment(io.load_ct(path, allow_4d=allow_4d), model).save(target)
+            _predict_one(path, target, model, allow_4d)
             summary.written.append(case_id)
+        except (KeyboardInterrupt, Terminated) as exc:
+            summary.failed[case_id] = f"{path}: interrupted ({type(exc).__name__}); no output written"
+            summary.stopped_by = exc
+            break
         except ResourceError:
             raise
         except KidneysegError as exc:
@@ -85,12 +97,39 @@ def predict_inputs(inputs: Path, out_dir: Path, model_dir: Path, *, overwrite: b
     return summary
 
 
+def _predict_one(path: Path, target: Path, model, allow_4d: bool) -> None:
+    """Read, segment and write one case; running out of memory becomes a ResourceError naming it."""
+    from kidneyseg.inference import segment
+
+    try:
+        segment(io.load_ct(path, allow_4d=allow_4d), model).save(target)
+    except (MemoryError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "memory" not in str(exc).lower():
+            raise
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "an allocation failed"
+        raise ResourceError(f"out of memory while predicting this case ({detail}); {_size_note(path)}", path) from exc
+
+
+def _size_note(path: Path) -> str:
+    """The CT's size from its header alone (nothing more is allocated to say it)."""
+    try:
+        import nibabel as nib
+
+        shape = nib.load(path).shape[:3]
+    except Exception:  # noqa: BLE001 - a DICOM folder or an unreadable header: say less
+        return "free memory or predict on a machine with more"
+    voxels = int(np.prod(shape))
+    return (f"its {shape[0]} x {shape[1]} x {shape[2]} voxels are {voxels * 4 / 2**30:.2f} GiB as float32, and "
+            f"prediction needs several times that at its peak; free memory or use a machine with more")
+
+
 def evaluate_folders(pred_dir: Path, gt_dir: Path, out_dir: Path) -> tuple[dict[str, dict[str, float]], tuple]:
     """Score ``pred_dir/<case_id>.nii.gz`` against ``gt_dir/<case_id>/segmentation.nii.gz``: Dice,
     surface Dice and HD95 (mm, on the ground truth file's voxel spacing) of every region."""
     from kidneyseg.evaluation import case_scores, surface_scores, write_results
 
     cases = io.layout.kits_cases(gt_dir, need_images=False)
+    io.check_output_dir(out_dir)
     missing = [c.case_id for c in cases if not (Path(pred_dir) / f"{c.case_id}.nii.gz").exists()]
     if missing:
         raise InvalidInputError(f"no prediction for {len(missing)} of {len(cases)} cases: {', '.join(missing[:10])}",

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import warnings
 from pathlib import Path
 
-from kidneyseg.errors import InvalidInputError, KidneysegError, UsageError
+from kidneyseg.errors import InvalidInputError, KidneysegError, Terminated, UsageError
 
 EPILOG = ("exit codes: 0 ok, 2 usage, 3 invalid input, 4 bad model file, 5 resource/I-O failure, "
           "6 training diverged (NaN/Inf loss), 7 some cases of a folder run failed")
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(_COMMANDS[args.command](args) or 0)
     except KidneysegError as exc:
@@ -90,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kidneyseg: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("kidneyseg: terminated (SIGTERM); files being written were removed, finished ones are complete",
+              file=sys.stderr)
+        return Terminated.exit_code
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
 
 
 def _synth(args) -> int:

@@ -239,6 +239,12 @@ def pipeline_from_dict(data: dict[str, Any]) -> PipelineConfig:
     return PipelineConfig(**data)
 
 
+def differences(first: Any, second: Any) -> list[str]:
+    """``name: a vs b`` for every field in which two settings dataclasses of one type differ."""
+    return [f"{f.name}: {getattr(first, f.name)!r} vs {getattr(second, f.name)!r}" for f in fields(first)
+            if getattr(first, f.name) != getattr(second, f.name)]
+
+
 def to_json(obj: Any) -> str:
     return json.dumps(to_dict(obj), indent=2, sort_keys=True)
 

@@ -53,3 +53,10 @@ class TrainingDivergedError(KidneysegError):
 
 class PartialFailureError(KidneysegError):
     exit_code = 7
+
+
+class Terminated(BaseException):
+    """SIGTERM turned into an exception (like KeyboardInterrupt for SIGINT), so that cleanup runs:
+    the temp file of a write in progress is removed and no partial output is left."""
+
+    exit_code = 143  # 128 + SIGTERM, as a shell reports a process ended by it

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from kidneyseg import io
-from kidneyseg.config import PipelineConfig, StageConfig, pipeline_from_dict
+from kidneyseg.config import PipelineConfig, StageConfig, differences, pipeline_from_dict
 from kidneyseg.errors import ModelFileError
 from kidneyseg.geometry import Box, crop, paste_max, resize_image, resize_labels
 from kidneyseg.model import place
@@ -75,6 +75,7 @@ def load_model_dir(model_dir: str | Path, device: str = "cpu", **pipeline_overri
         pipeline = pipeline_from_dict(json.loads(pipeline_path.read_text()))
     except (ValueError, TypeError) as exc:
         raise ModelFileError(f"unreadable pipeline settings ({exc})", pipeline_path) from exc
+    _check_stages_agree(model_dir, pipeline)
     pipeline = replace(pipeline, **pipeline_overrides)
     loc, loc_cfg, _ = load_model(model_dir / "localizer" / "best.safetensors")
     seg, seg_cfg, _ = load_model(model_dir / "segmenter" / "best.safetensors")
@@ -83,6 +84,24 @@ def load_model_dir(model_dir: str | Path, device: str = "cpu", **pipeline_overri
             raise ModelFileError(f"expected a {classes}-class {path.name}, found {cfg.network.num_classes} classes",
                                  path)
     return TwoStageModel(loc, loc_cfg, seg, seg_cfg, pipeline, device)
+
+
+def _check_stages_agree(model_dir: Path, pipeline: PipelineConfig) -> None:
+    """Refuse a model directory whose stages were trained with pipeline settings that differ from
+    each other or from ``pipeline.json`` (e.g. one stage retrained with another preset)."""
+    for stage in ("localizer", "segmenter"):
+        path = model_dir / stage / "config.json"
+        try:
+            trained = pipeline_from_dict(json.loads(path.read_text())["pipeline"])
+        except FileNotFoundError as exc:
+            raise ModelFileError(f"the {stage} has no config.json; train both stages into it first", path) from exc
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ModelFileError(f"unreadable settings ({exc})", path) from exc
+        changed = differences(trained, pipeline)
+        if changed:
+            raise ModelFileError(f"the {stage} was trained with other pipeline settings than pipeline.json "
+                                 f"({'; '.join(changed)}; the {stage}'s first); retrain it with the other "
+                                 "stage's preset and overrides", path)
 
 
 def segment(ct: str | Path | io.Volume | np.ndarray, model: TwoStageModel | str | Path,
@@ -159,6 +178,5 @@ def _as_volume(ct, affine: np.ndarray | None) -> io.Volume:
     if isinstance(ct, np.ndarray):
         if affine is None:
             raise ValueError("an array input needs its 4x4 affine")
-        io.check_affine(np.asarray(affine), Path("<array>"))
-        return io.canonical_volume(np.asarray(ct, dtype=np.float32), affine)
+        return io.ct_from_array(ct, affine)
     return io.load_ct(ct)

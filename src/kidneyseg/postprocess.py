@@ -11,18 +11,19 @@ from kidneyseg.labels import KIDNEY, TUMOR
 
 
 def large_components(mask: np.ndarray, min_fraction: float) -> tuple[np.ndarray, list[Box]]:
-    """Label the 26-connected components of a 3D boolean mask and keep those with at least
+    """Find the 26-connected components of a 3D boolean mask and keep those with at least
     ``min_fraction`` of the largest one's voxels.
 
-    Returns (component ids (uint32, 0 = dropped or background), their tight boxes ordered by
-    decreasing size). cc3d is used over scipy.ndimage.label: it is several times faster and
-    its statistics give sizes and boxes in one pass. Labelling runs on the mask's bounding box
-    only: kidneys fill a few percent of a CT, so this is about ten times faster at full resolution.
+    Returns (boolean mask of the kept components, their tight boxes ordered by decreasing size).
+    cc3d is used over scipy.ndimage.label: it is several times faster and its statistics give
+    sizes and boxes in one pass. Labelling runs on the mask's bounding box only (kidneys fill a
+    few percent of a CT: about ten times faster at full resolution), and the only full-volume
+    array made is the boolean result (1 byte a voxel, not a 4-byte component map).
     """
     mask = mask.astype(bool, copy=False)
-    ids = np.zeros(mask.shape, dtype=np.uint32)
+    kept_mask = np.zeros(mask.shape, dtype=bool)
     if not mask.any():
-        return ids, []
+        return kept_mask, []
     region = bounding_box(mask)
     window = tuple(slice(lo, hi) for lo, hi in zip(region.lo, region.hi, strict=True))
     local = cc3d.connected_components(mask[window], connectivity=26)
@@ -32,25 +33,25 @@ def large_components(mask: np.ndarray, min_fraction: float) -> tuple[np.ndarray,
     keep = keep[np.argsort(-sizes[keep - 1], kind="stable")]
     kept = np.zeros(sizes.size + 1, dtype=bool)
     kept[keep] = True
-    ids[window] = np.where(kept[local], local, 0)
+    kept_mask[window] = kept[local]
     boxes = []
     for comp in keep:
         sx, sy, sz = stats["bounding_boxes"][comp]
         lo = (sx.start + region.lo[0], sy.start + region.lo[1], sz.start + region.lo[2])
         boxes.append(Box(lo, (sx.stop + region.lo[0], sy.stop + region.lo[1], sz.stop + region.lo[2])))
-    return ids, boxes
+    return kept_mask, boxes
 
 
 def clean_labels(labels: np.ndarray, min_fraction: float) -> np.ndarray:
     """Drop kidney+tumour regions smaller than ``min_fraction`` of the largest one (to background),
     then tumour regions smaller than ``min_fraction`` of the largest tumour (to kidney)."""
     out = labels.copy()
-    fg_ids, _ = large_components(out > 0, min_fraction)
-    out[fg_ids == 0] = 0
+    kept, _ = large_components(out > 0, min_fraction)
+    out[~kept] = 0
     tumor = out == TUMOR
     if tumor.any():
-        tumor_ids, _ = large_components(tumor, min_fraction)
-        out[tumor & (tumor_ids == 0)] = KIDNEY
+        kept, _ = large_components(tumor, min_fraction)
+        out[tumor & ~kept] = KIDNEY
     return out
 
 

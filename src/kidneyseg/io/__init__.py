@@ -12,7 +12,7 @@ import numpy as np
 
 from kidneyseg.errors import InvalidInputError
 from kidneyseg.io import layout
-from kidneyseg.io.atomic import atomic_write, atomic_write_text
+from kidneyseg.io.atomic import atomic_write, atomic_write_text, check_output_dir
 from kidneyseg.io.dicom import read_dicom_series
 from kidneyseg.io.nifti import is_nifti_path, read_nifti, save_nifti
 from kidneyseg.io.validate import (
@@ -21,11 +21,13 @@ from kidneyseg.io.validate import (
     check_hu_range,
     check_label_values,
     check_same_grid,
+    check_shape,
 )
 from kidneyseg.io.volume import Volume, canonical_volume
 
 __all__ = [
     "Volume", "atomic_write", "atomic_write_text", "canonical_volume", "check_affine", "check_same_grid",
+    "check_output_dir", "ct_from_array",
     "is_nifti_path", "layout", "load_case",
     "load_ct", "load_label_map", "save_label_map", "save_nifti",
 ]
@@ -50,6 +52,25 @@ def load_ct(path: str | Path, *, allow_4d: bool = False, check_hu: bool = True) 
     if check_hu:
         check_hu_range(data, path)
     return canonical_volume(data, affine, header, path)
+
+
+def ct_from_array(data: np.ndarray, affine: np.ndarray, name: str = "<array>") -> Volume:
+    """A CT given as an array in HU (file voxel order, as nibabel gives it) and its 4x4 affine, as a
+    float32 Volume, (X, Y, Z) RAS+, after the same checks a file gets: a 3D shape, a usable affine,
+    no NaN or Inf, intensities that can be HU."""
+    path = Path(name)
+    data = np.asarray(data)
+    affine = np.asarray(affine, dtype=np.float64)
+    if data.ndim != 3:
+        raise InvalidInputError(f"array of shape {data.shape}; expected a 3D volume", path)
+    check_shape(data.shape, path)
+    if affine.shape != (4, 4):
+        raise InvalidInputError(f"affine of shape {affine.shape}; expected 4 x 4", path)
+    check_affine(affine, path)
+    data = data.astype(np.float32, copy=False)
+    check_finite(data, path)
+    check_hu_range(data, path)
+    return canonical_volume(data, affine, None, None)
 
 
 def load_label_map(path: str | Path) -> Volume:

@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from kidneyseg.errors import ResourceError
+from kidneyseg.errors import ResourceError, UsageError
 
 
 def full_suffix(path: Path) -> str:
@@ -54,6 +54,22 @@ def atomic_target(path: str | Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Refuse, before any work, an output folder that is a file (or lies under one) or that cannot
+    be created or written: the nearest existing folder on its path must be writable. Creates nothing."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is a file" if existing == path else f"cannot be created: {existing} is a file"
+        raise UsageError(f"the output folder {what}; give a folder", path)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ResourceError(f"the output folder cannot be {'written' if existing == path else 'created'} "
+                            f"(no write permission on {existing})", path)
+    return path
 
 
 def atomic_write(path: str | Path, writer: Callable[[Path], object]) -> Path:

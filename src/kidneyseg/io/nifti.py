@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import warnings
 import zlib
@@ -54,12 +55,14 @@ def read_nifti(path: Path, *, allow_4d: bool = False) -> tuple[np.ndarray, np.nd
     check_header_size(shape, header.get_data_dtype(), path)
     affine = _chosen_affine(image, path)
     check_affine(affine, path)
+    # Only the first volume of a 4D file (allowed by check_shape): the proxy reads just that part.
+    first = (slice(None),) * 3 + (0,) * (len(image.shape) - 3)
     try:
-        data = np.asanyarray(image.dataobj)
+        data = np.asanyarray(image.dataobj[first] if len(image.shape) > 3 else image.dataobj)
     except _READ_ERRORS as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:  # mapping or reading the data ran out of memory
+            raise MemoryError(f"reading {path}: {_short(exc)}") from exc
         raise InvalidInputError(f"voxel data could not be read; is the file truncated? ({_short(exc)})", path) from exc
-    if data.ndim > 3:
-        data = data.reshape(data.shape[:3] + (-1,))[..., 0]  # the first volume (checked by check_shape)
     return data, affine, header
 
 
@@ -67,7 +70,14 @@ def _chosen_affine(image: nib.Nifti1Image, path: Path) -> np.ndarray:
     header = image.header
     sform, scode = header.get_sform(coded=True)
     qform, qcode = header.get_qform(coded=True)
-    if sform is not None and qform is not None and not np.allclose(sform, qform, atol=1e-3):
+    if sform is None and qform is None:
+        warnings.warn(
+            f"{path}: neither a qform nor an sform is set (both codes 0), so the scan's orientation and "
+            "position are unknown; using nibabel's fallback affine from the voxel sizes alone. Left/right "
+            "and the world position of the output may be wrong: fix the header if you can.",
+            stacklevel=3,
+        )
+    elif sform is not None and qform is not None and not np.allclose(sform, qform, atol=1e-3):
         warnings.warn(
             f"{path}: qform and sform disagree; using the sform (code {int(scode)}) as nibabel does.\n"
             f"  sform:\n{np.array2string(sform, precision=3)}\n  qform:\n{np.array2string(qform, precision=3)}",
@@ -84,8 +94,9 @@ def save_nifti(
 ) -> Path:
     """Atomically write ``array`` (file voxel order) with ``affine`` to ``path`` (.nii or .nii.gz).
 
-    With ``header`` given, its qform/sform codes and units are kept and the data type and
-    scaling are replaced by the array's own (scl_slope 1, scl_inter 0).
+    With ``header`` given, its qform/sform codes and units are kept; the data type and scaling
+    are replaced by the array's own (scl_slope 1, scl_inter 0), and the fields that describe the
+    input's intensities (display window, intent, description) are cleared.
     """
     path = Path(path)
     if not is_nifti_path(path):
@@ -99,8 +110,18 @@ def save_nifti(
         image.set_sform(affine, code=1)
     image.set_data_dtype(np.asarray(array).dtype)
     image.header.set_slope_inter(1.0, 0.0)
+    _clear_display_fields(image.header)
     image.header.set_xyzt_units("mm", "sec")
     return atomic_write(path, lambda tmp: nib.save(image, tmp))
+
+
+def _clear_display_fields(header: nib.Nifti1Header) -> None:
+    """Fields that describe the input's intensities, not the new data: a CT's display window
+    (cal_min/cal_max), intent and description would make a viewer show a label map as a CT."""
+    header["cal_min"] = header["cal_max"] = 0
+    header.set_intent("none")
+    header["descrip"] = b"kidneyseg"
+    header["aux_file"] = b""
 
 
 def _copy_codes(header: nib.Nifti1Header, image: nib.Nifti1Image) -> None:

@@ -29,7 +29,11 @@ class Volume:
     file_affine: np.ndarray
     header: nib.Nifti1Header | None = None
     path: Path | None = None
-    _ornt: np.ndarray = field(default=None, repr=False)  # file axes -> RAS
+    _ornt: np.ndarray | None = field(default=None, repr=False)  # file axes -> RAS; derived from file_affine if None
+
+    def __post_init__(self) -> None:
+        if self._ornt is None:  # built through the public fields: the file's axes follow from its affine
+            object.__setattr__(self, "_ornt", io_orientation(np.asarray(self.file_affine, dtype=np.float64)))
 
     @property
     def spacing_mm(self) -> tuple[float, float, float]:

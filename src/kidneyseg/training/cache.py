@@ -2,13 +2,15 @@
 
 Stage 1 stores each whole CT at the localizer's input size; stage 2 stores, for each kidney
 of the ground truth, the paper's crop box plus ``translate_vox`` spare voxels on every side
-(for translation jitter) at full resolution. A ``fingerprint.json`` records the settings and
-the source files' sizes and times; a cache whose fingerprint differs is rebuilt.
+(for translation jitter) at full resolution. The index records a fingerprint of the settings,
+the source files' sizes and times, and the source code of every module that shapes the cached
+arrays; a cache whose fingerprint differs (a setting, a file or that code changed) is rebuilt.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -24,7 +26,11 @@ from kidneyseg.geometry import Box, crop, resize_image, resize_labels
 from kidneyseg.postprocess import kidney_boxes
 from kidneyseg.preprocess import normalize_ct
 
-CACHE_VERSION = 2
+# The modules whose code decides what the cache holds: reading and validating files, normalising,
+# boxes, cropping and resizing, and this module. A change to any of them rebuilds every cache.
+CODE_MODULES = ("kidneyseg.training.cache", "kidneyseg.preprocess", "kidneyseg.geometry", "kidneyseg.postprocess",
+                "kidneyseg.labels", "kidneyseg.io", "kidneyseg.io.nifti", "kidneyseg.io.volume",
+                "kidneyseg.io.validate", "kidneyseg.io.dicom")
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,7 @@ class Sample:
 
 
 def fingerprint(cases: list[io.layout.Case], stage: StageConfig, pipeline: PipelineConfig) -> dict:
-    relevant = {"version": CACHE_VERSION, "stage": stage.stage, "hu": [pipeline.hu_min, pipeline.hu_max]}
+    relevant = {"code": code_hash(), "stage": stage.stage, "hu": [pipeline.hu_min, pipeline.hu_max]}
     if stage.stage == "localizer":
         relevant["input_size"] = list(stage.input_size)
     else:
@@ -51,6 +57,15 @@ def fingerprint(cases: list[io.layout.Case], stage: StageConfig, pipeline: Pipel
     files = [[c.case_id, *(_stat(p) for p in (c.image, c.label))] for c in cases]
     relevant["files"] = hashlib.sha256(json.dumps(files).encode()).hexdigest()
     return relevant
+
+
+def code_hash(modules: tuple[str, ...] = CODE_MODULES) -> str:
+    """SHA-256 of the source of ``modules``: the cache's record of the code that built it."""
+    digest = hashlib.sha256()
+    for name in modules:
+        digest.update(name.encode())
+        digest.update(Path(importlib.import_module(name).__file__).read_bytes())
+    return digest.hexdigest()
 
 
 def _stat(path: Path) -> list:

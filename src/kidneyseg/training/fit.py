@@ -20,7 +20,15 @@ import torch
 from tqdm import tqdm
 
 from kidneyseg import io
-from kidneyseg.config import PipelineConfig, StageConfig, pipeline_from_dict, stage_from_dict, to_dict, to_json
+from kidneyseg.config import (
+    PipelineConfig,
+    StageConfig,
+    differences,
+    pipeline_from_dict,
+    stage_from_dict,
+    to_dict,
+    to_json,
+)
 from kidneyseg.errors import TrainingDivergedError, UsageError
 from kidneyseg.evaluation import dice_from_counts
 from kidneyseg.model import place
@@ -46,7 +54,7 @@ class FitResult:
 def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineConfig, *, resume: bool = False,
         overwrite: bool = False, device: str = "cpu", progress: bool = True) -> FitResult:
     """Train ``stage`` on the KiTS-layout ``data_dir``; write the run into ``model_dir/<stage>``."""
-    run_dir = Path(model_dir) / stage.stage
+    run_dir = io.check_output_dir(Path(model_dir) / stage.stage)
     _prepare_run_dir(run_dir, stage, pipeline, resume, overwrite)
     cases = io.layout.kits_cases(data_dir)
     samples = build_cache(cases, Path(model_dir) / "cache" / stage.stage, stage, pipeline, progress)
@@ -193,6 +201,7 @@ def autocast(precision: str, device: str) -> torch.autocast:
 
 def _prepare_run_dir(run_dir: Path, stage: StageConfig, pipeline: PipelineConfig, resume: bool,
                      overwrite: bool) -> None:
+    _check_other_stage(run_dir, stage, pipeline)
     config_path = run_dir / "config.json"
     if config_path.exists() and resume:
         previous = stage_from_dict(json.loads(config_path.read_text())["stage"])
@@ -211,17 +220,21 @@ def _prepare_run_dir(run_dir: Path, stage: StageConfig, pipeline: PipelineConfig
         stale.unlink()
     text = json.dumps({"stage": to_dict(stage), "pipeline": to_dict(pipeline)}, indent=2, sort_keys=True)
     io.atomic_write_text(config_path, text)
-    _write_pipeline(run_dir.parent / "pipeline.json", pipeline, overwrite)
+    io.atomic_write_text(run_dir.parent / "pipeline.json", to_json(pipeline))
 
 
-def _write_pipeline(path: Path, pipeline: PipelineConfig, overwrite: bool) -> None:
-    """The model directory's inference settings; both stages must share the HU window."""
-    if path.exists() and not overwrite:
-        previous = pipeline_from_dict(json.loads(path.read_text()))
-        if (previous.hu_min, previous.hu_max) != (pipeline.hu_min, pipeline.hu_max):
-            raise UsageError(f"the other stage here was trained with the HU window [{previous.hu_min}, "
-                             f"{previous.hu_max}], this one uses [{pipeline.hu_min}, {pipeline.hu_max}]", path)
-    io.atomic_write_text(path, to_json(pipeline))
+def _check_other_stage(run_dir: Path, stage: StageConfig, pipeline: PipelineConfig) -> None:
+    """Both stages of a model directory share one pipeline (HU window, box rules, inference options):
+    refuse, before anything is written, a run whose settings differ from the other stage's."""
+    other = "segmenter" if stage.stage == "localizer" else "localizer"
+    path = run_dir.parent / other / "config.json"
+    if not path.exists():
+        return
+    changed = differences(pipeline_from_dict(json.loads(path.read_text())["pipeline"]), pipeline)
+    if changed:
+        raise UsageError(f"the {other} in this model directory was trained with other pipeline settings "
+                         f"({'; '.join(changed)}; the {other}'s first); train both stages with the same preset "
+                         "and pipeline.* overrides, or train into another model directory", path)
 
 
 def _save_epoch(run_dir, model, optimizer, scheduler, stage, epoch, best, minutes, log, improved) -> None:
