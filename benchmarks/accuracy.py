@@ -130,14 +130,14 @@ def real_ct(model_dir: Path, options: dict) -> dict | None:
                                                                              * np.prod(ct.spacing_mm) / 1000)}
 
 
-def shared_cache(work: Path, model_dir: Path) -> None:
-    """Point ``model_dir/cache`` at WORK/cache, so that every model trained here (and each row of
+def shared_cache(work: Path, model_dir: Path, name: str = "cache") -> None:
+    """Point ``model_dir/cache`` at WORK/``name``, so that every model trained here (and each row of
     benchmarks/recipe.py) reuses one preprocessing cache; its fingerprint still guards against stale data."""
     model_dir.mkdir(parents=True, exist_ok=True)
     link = model_dir / "cache"
     if not link.exists():
-        (work / "cache").mkdir(parents=True, exist_ok=True)
-        link.symlink_to((work / "cache").resolve(), target_is_directory=True)
+        (work / name).mkdir(parents=True, exist_ok=True)
+        link.symlink_to((work / name).resolve(), target_is_directory=True)
 
 
 def train(train_dir: Path, model_dir: Path, args) -> dict[str, float]:

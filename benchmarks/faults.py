@@ -124,7 +124,7 @@ def two_writers(work: Path, data: Path, model: Path, inputs: dict, expected: set
     runs = [start_predict(data, out, model) for _ in range(2)]
     results = [run.communicate(timeout=1800) + (run.returncode,) for run in runs]
     codes = [code for _, _, code in results]
-    check("two writers: both finish (exit 7: the two broken inputs) without a traceback",
+    check("two writers: both finish (exit 7: the unreadable input) without a traceback",
           codes == [7, 7] and not any("Traceback" in err for _, err, _ in results), f"exits {codes}")
     check("two writers: every case written once, complete, no temp files",
           outputs(out) == expected and valid(out, inputs), f"{len(outputs(out))} outputs")

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import hashlib
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -40,7 +42,7 @@ from kidneyseg.config import override_preset, preset
 from kidneyseg.evaluation import case_scores
 from kidneyseg.inference import TwoStageModel, segment
 from kidneyseg.postprocess import kidney_boxes
-from kidneyseg.training.cache import build_cache
+from kidneyseg.training.cache import build_cache, fingerprint
 from kidneyseg.training.checkpoint import build_model, load_model
 from kidneyseg.training.fit import fit
 
@@ -55,6 +57,10 @@ ROWS = {
     "regions, deep supervision loss": ["loss=regions", "deep_supervision_loss=true"],
     "Dice + CE, tumour sampling 0.5": ["tumor_fraction=0.5"],
     "Dice + CE, lr 1e-3": ["lr=1e-3"],
+    "Dice + CE, HU window [-79, 304]": ["pipeline.hu_min=-79", "pipeline.hu_max=304"],
+    "Dice + CE, poly schedule": ["lr_schedule=poly"],
+    "weighted Dice, HU window [-79, 304]": ["loss=dice", "pipeline.hu_min=-79", "pipeline.hu_max=304"],
+    "SGD 1e-2 Nesterov, poly schedule": ["optimizer=sgd", "lr=1e-2", "lr_schedule=poly"],
 }
 RENDERERS = {"validation": "training renderer", "independent": "independent renderer"}
 REGIONS = ("kidney_tumor", "tumor")
@@ -95,7 +101,7 @@ def main() -> int:
 
 def run(name: str, seed: int, work: Path, out: Path, steps: int, draws: int) -> dict:
     """Train (row, seed) for ``steps`` steps and score it on both renderers; reuse a stored result."""
-    slug = f"{name.split(':')[0].replace(' ', '-').replace(',', '').replace('+', 'p').lower()}-{steps}-s{seed}"
+    slug = f"{re.sub('[^a-z0-9]+', '-', name.split(':')[0].lower()).strip('-')}-{steps}-s{seed}"
     result_path = out / f"{slug}.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
@@ -105,10 +111,14 @@ def run(name: str, seed: int, work: Path, out: Path, steps: int, draws: int) -> 
         *ROWS[name], *INFERENCE, f"seed={seed}", f"epochs={epochs}", f"samples_per_epoch={draws}",
         f"val_every={epochs}", "val_fraction=0.05", "max_minutes=0"])
     model_dir = out / slug
-    shared_cache(work, model_dir)
-    with open(work / "cache" / ".lock", "w") as lock:  # parallel runs build the shared cache once
+    cases = io.layout.kits_cases(work / "train")
+    # One cache folder per fingerprint (settings, files, code), so that rows with other HU windows or
+    # box rules, run in parallel, never rebuild a cache another row is reading.
+    name = "cache-" + hashlib.sha256(json.dumps(fingerprint(cases, stage, pipeline)).encode()).hexdigest()[:10]
+    shared_cache(work, model_dir, name)
+    with open(work / f"{name}.lock", "w") as lock:  # parallel runs build the shared cache once
         fcntl.flock(lock, fcntl.LOCK_EX)
-        build_cache(io.layout.kits_cases(work / "train"), work / "cache" / "segmenter", stage, pipeline)
+        build_cache(cases, work / name / "segmenter", stage, pipeline)
     start = time.perf_counter()
     fit(work / "train", model_dir, stage, pipeline, overwrite=True)
     train_seconds = time.perf_counter() - start

@@ -141,3 +141,45 @@ def test_validation_every_n_epochs_and_after_the_last(phantom_dir, tmp_path):
     _, saved, meta = load_model(tmp_path / "segmenter" / "best.safetensors")
     assert meta["epoch"] in (2, 3) and saved.loss == "regions" and saved.deep_supervision_loss
     assert meta["val_dice"] == max(float(r["val_dice"]) for r in rows[1:])
+
+
+def test_learning_rate_schedules_by_hand():
+    from kidneyseg.training.fit import learning_rate
+
+    paper = preset("paper").segmenter
+    assert learning_rate(paper, 0, 0, 0.0) == pytest.approx(5e-4)
+    assert learning_rate(paper, 3, 999, 0.5) == pytest.approx(5e-4 * 0.985**3)  # per epoch, whatever the step
+    poly = replace(paper, lr_schedule="poly", lr=1e-2)
+    assert learning_rate(poly, 0, 0, 0.0) == pytest.approx(1e-2)
+    assert learning_rate(poly, 7, 50, 0.5) == pytest.approx(1e-2 * 0.5**0.9)
+    assert learning_rate(poly, 9, 99, 1.0) == 0.0
+    warm = replace(poly, warmup_steps=10)
+    assert learning_rate(warm, 0, 4, 0.0) == pytest.approx(1e-2 * 5 / 10)
+    assert learning_rate(warm, 0, 9, 0.0) == pytest.approx(1e-2)
+
+
+def test_poly_schedule_and_sgd_in_a_run_and_resume_repeats_it(phantom_dir, tmp_path, monkeypatch):
+    """The logged rate follows (1 - progress)**0.9 at the last step of each epoch; a run stopped
+    after its first epoch and resumed continues the schedule and ends with the same weights."""
+    from kidneyseg.training import fit as fit_module
+    from kidneyseg.training.checkpoint import load_model
+
+    extra = ["epochs=3", "samples_per_epoch=4", "lr_schedule=poly", "optimizer=sgd", "lr=0.01", "precision=fp32"]
+    pipeline = preset("tiny").pipeline
+    fit(phantom_dir, tmp_path / "whole", micro_stage("localizer", *extra), pipeline, progress=False)
+    rows = list(csv.DictReader((tmp_path / "whole" / "localizer" / "log.csv").open()))
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.01 * (1 - s / 12) ** 0.9 for s in (3, 7, 11)])
+    save_epoch = fit_module._save_epoch
+
+    def save_then_stop(*args, **kwargs):
+        save_epoch(*args, **kwargs)
+        raise KeyboardInterrupt  # a kill right after the first epoch was saved
+
+    monkeypatch.setattr(fit_module, "_save_epoch", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        fit(phantom_dir, tmp_path / "parts", micro_stage("localizer", *extra), pipeline, progress=False)
+    monkeypatch.setattr(fit_module, "_save_epoch", save_epoch)
+    fit(phantom_dir, tmp_path / "parts", micro_stage("localizer", *extra), pipeline, resume=True, progress=False)
+    whole = load_model(tmp_path / "whole" / "localizer" / "last.safetensors")[0].state_dict()
+    parts = load_model(tmp_path / "parts" / "localizer" / "last.safetensors")[0].state_dict()
+    assert all(torch.equal(whole[k], parts[k]) for k in whole)

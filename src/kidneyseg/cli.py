@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap on each stage's training minutes (default 0: the tiny preset's epochs, about 8 min "
                         "in all on 2 CPU cores)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a setting of the tiny preset for both stages, as train --set does "
+                        "(e.g. --set loss=regions, --set pipeline.tta_flips=false)")
     return parser
 
 
@@ -161,7 +164,8 @@ def _demo(args) -> int:
 
     _positive(args.cases, "--cases")
     _positive(args.heldout, "--heldout")
-    run_demo(args.out, cases=args.cases, heldout=args.heldout, minutes=args.minutes, seed=args.seed)
+    run_demo(args.out, cases=args.cases, heldout=args.heldout, minutes=args.minutes, seed=args.seed,
+             overrides=tuple(args.overrides))
     return 0
 
 

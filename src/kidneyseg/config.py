@@ -51,7 +51,10 @@ class StageConfig:
     loss: Literal["dice", "dice_ce", "dice_wce", "regions"] = "dice"
     deep_supervision_loss: bool = False  # False: the loss on the summed output (paper); True: at each decoder scale
     lr: float = 5e-4
-    lr_decay: float = 0.985  # multiplied into the learning rate after every epoch
+    lr_decay: float = 0.985  # exponential schedule: multiplied into the learning rate after every epoch
+    lr_schedule: Literal["exponential", "poly"] = "exponential"  # poly: lr * (1 - progress)**0.9 per step (nnU-Net)
+    warmup_steps: int = 0  # linear warm-up of the learning rate over the first steps
+    optimizer: Literal["adam", "sgd"] = "adam"  # sgd: Nesterov momentum 0.99, as nnU-Net
     weight_decay: float = 1e-5
     batch_size: int = 1
     epochs: int = 300
@@ -80,6 +83,9 @@ class StageConfig:
         _check(all(w >= 0 for w in self.class_weights) and sum(self.class_weights) > 0, "class weights >= 0")
         _check(self.loss in LOSSES, f"loss is one of {LOSSES}")
         _check(self.precision in ("fp32", "bf16"), "precision is 'fp32' or 'bf16'")
+        _check(self.lr_schedule in ("exponential", "poly") and self.optimizer in ("adam", "sgd"),
+               "lr_schedule is 'exponential' or 'poly', optimizer 'adam' or 'sgd'")
+        _check(self.warmup_steps >= 0, "warmup_steps >= 0")
         _check(self.lr > 0 and 0 < self.lr_decay <= 1 and self.weight_decay >= 0, "lr > 0, 0 < lr_decay <= 1")
         _check(self.batch_size >= 1 and self.epochs >= 1 and self.samples_per_epoch >= 0 and self.val_every >= 1,
                "positive counts")

@@ -6,15 +6,16 @@ import sys
 import time
 from pathlib import Path
 
-from kidneyseg.config import override, preset
+from kidneyseg.config import override_preset, preset
 
 
 def run_demo(out: Path, *, cases: int = 40, heldout: int = 8, minutes: float = 0.0, seed: int = 0,
-             progress: bool | None = None) -> dict[str, dict[str, float]]:
+             progress: bool | None = None, overrides: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
     """Run the whole demo in ``out``; print a per-case table; return the held-out scores.
 
     Training runs the ``tiny`` preset's fixed number of epochs per stage (so the result does not
     depend on the machine's speed); ``minutes`` > 0 additionally caps each stage's training time.
+    ``overrides`` (``KEY=VALUE``, ``pipeline.KEY=VALUE``) change the preset for both stages.
     """
     from kidneyseg.batch import evaluate_folders, predict_inputs
     from kidneyseg.evaluation import format_table, summarize
@@ -30,11 +31,11 @@ def run_demo(out: Path, *, cases: int = 40, heldout: int = 8, minutes: float = 0
     timings["synthesise"] = time.perf_counter() - start
     chosen = preset("tiny")
     for name in ("localizer", "segmenter"):
-        stage = override(chosen.stage(name), [f"max_minutes={minutes}", f"seed={seed}"])
+        stage, pipeline = override_preset(chosen, name, [f"max_minutes={minutes}", f"seed={seed}", *overrides])
         limit = f", at most {minutes:g} min" if minutes else ""
         _say(f"2/4 training the {name}: {stage.epochs} epochs of {stage.samples_per_epoch} crops (preset tiny{limit})")
         t = time.perf_counter()
-        result = fit(out / "data", out / "model", stage, chosen.pipeline, overwrite=True, progress=progress)
+        result = fit(out / "data", out / "model", stage, pipeline, overwrite=True, progress=progress)
         _say(f"    {result.epochs_done} epochs, best validation Dice {result.best_val_dice:.3f}")
         timings[f"train {name}"] = time.perf_counter() - t
     _say("3/4 predicting the held-out cases")

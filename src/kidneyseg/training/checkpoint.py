@@ -2,7 +2,7 @@
 
 * ``*.safetensors``: the weights, with the stage settings as JSON in the metadata, so a
   weights file alone rebuilds its network. safetensors holds raw tensors only.
-* ``last_state.pt``: optimiser, scheduler, epoch, RNG state and the log, saved with
+* ``last_state.pt``: optimiser, epoch, RNG state and the log, saved with
   ``torch.save`` and read back with ``torch.load(weights_only=True)``, which refuses
   anything but tensors and plain containers (a pickle payload raises instead of running).
 

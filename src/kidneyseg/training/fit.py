@@ -61,14 +61,12 @@ def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineC
     train, val = split_samples(samples, stage.val_fraction, stage.seed)
     torch.manual_seed(stage.seed)
     model = place(build_model(stage), device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=stage.lr, weight_decay=stage.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=stage.lr_decay)
+    optimizer = make_optimizer(model, stage)
     epoch, best, minutes, log = 0, -math.inf, 0.0, []
     if resume and (run_dir / "last_state.pt").exists():
         state = load_state(run_dir / "last_state.pt")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         epoch, best, minutes, log = state["epoch"], state["best_val_dice"], state["minutes"], state["log"]
     loss_fn, transform = make_loss(stage), make_augment(stage)
@@ -76,20 +74,30 @@ def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineC
     # The budget counts training and validation; it is checked before every step, so a run stops
     # within one step (plus the validation of its last, possibly partial, epoch) of --minutes.
     deadline = time.perf_counter() + (stage.max_minutes - minutes) * 60 if stage.max_minutes else math.inf
+    per_epoch = stage.samples_per_epoch or len(train)
+
+    def lr_at(epoch: int, it: int) -> float:
+        """The learning rate of step ``it`` of ``epoch``; the budget's progress counts steps, or
+        minutes where --minutes ends the run sooner."""
+        step = epoch * per_epoch + it
+        progress = step / (stage.epochs * per_epoch)
+        if stage.max_minutes:
+            progress = max(progress, 1 - (deadline - time.perf_counter()) / (60 * stage.max_minutes))
+        return learning_rate(stage, epoch, step, min(progress, 1.0))
+
     while epoch < stage.epochs and time.perf_counter() < deadline:
         start = time.perf_counter()
         train_loss, drawn = _train_epoch(model, optimizer, loss_fn, transform, train, stage, epoch, device,
-                                         deadline)
-        scheduler.step()
+                                         deadline, lr_at)
         epoch += 1
         last = epoch >= stage.epochs or time.perf_counter() >= deadline
         scores = validate(model, val, stage, device) if last or epoch % stage.val_every == 0 else {}
         minutes += (time.perf_counter() - start) / 60
-        log.append({"epoch": epoch, "train_loss": train_loss, **scores, "lr": scheduler.get_last_lr()[0],
+        log.append({"epoch": epoch, "train_loss": train_loss, **scores, "lr": optimizer.param_groups[0]["lr"],
                     "minutes": minutes, "samples": drawn})
         improved = bool(scores) and scores["val_dice"] > best
         best = max(best, scores.get("val_dice", -math.inf))
-        _save_epoch(run_dir, model, optimizer, scheduler, stage, epoch, best, minutes, log, improved)
+        _save_epoch(run_dir, model, optimizer, stage, epoch, best, minutes, log, improved)
         if epoch % CURVES_EVERY == 0:
             save_training_curves(log, run_dir / "curves.png", title=f"{stage.stage} training")
         bar.update(1)
@@ -112,9 +120,10 @@ def split_samples(samples: list[Sample], val_fraction: float, seed: int) -> tupl
 
 
 def _train_epoch(model, optimizer, loss_fn, transform, train: list[Sample], stage: StageConfig, epoch: int,
-                 device: str, deadline: float = math.inf) -> tuple[float, int]:
+                 device: str, deadline: float, lr_at) -> tuple[float, int]:
     """One epoch: (mean loss, samples drawn). Its data order and augmentation depend only on
-    (seed, epoch). Past ``deadline`` (``time.perf_counter()``) it ends early, after at least one step."""
+    (seed, epoch). Past ``deadline`` (``time.perf_counter()``) it ends early, after at least one step.
+    ``lr_at(epoch, it)`` gives the learning rate, set before each step."""
     model.train()
     rng = np.random.RandomState([stage.seed, epoch])
     order = draw_order(train, stage, rng)
@@ -123,6 +132,8 @@ def _train_epoch(model, optimizer, loss_fn, transform, train: list[Sample], stag
     for it in range(0, count, stage.batch_size):
         if losses and time.perf_counter() >= deadline:
             return float(np.mean(losses)), it
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(epoch, it)
         batch = [train[i] for i in order[it:it + stage.batch_size]]
         pairs = [load_sample(s, stage, rng, transform) for s in batch]
         images = torch.stack([p[0] for p in pairs]).to(device)
@@ -135,6 +146,26 @@ def _train_epoch(model, optimizer, loss_fn, transform, train: list[Sample], stag
                                         f"(case {names}); the best checkpoint was left untouched")
         losses.append(loss.item())
     return float(np.mean(losses)), count
+
+
+def make_optimizer(model: torch.nn.Module, stage: StageConfig) -> torch.optim.Optimizer:
+    """Adam (the paper) or SGD with Nesterov momentum 0.99 (nnU-Net), both with L2 weight decay."""
+    if stage.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=stage.lr, momentum=0.99, nesterov=True,
+                               weight_decay=stage.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=stage.lr, weight_decay=stage.weight_decay)
+
+
+def learning_rate(stage: StageConfig, epoch: int, step: int, progress: float) -> float:
+    """The learning rate at ``step`` (counted over the whole run) in ``epoch``, with ``progress`` the
+    share of the budget used (0 to 1): exponential, ``lr * lr_decay**epoch`` (the paper, per epoch),
+    or poly, ``lr * (1 - progress)**0.9`` (nnU-Net, per step); times a linear warm-up over
+    ``warmup_steps``."""
+    poly = stage.lr_schedule == "poly"
+    rate = stage.lr * (1.0 - progress) ** 0.9 if poly else stage.lr * stage.lr_decay**epoch
+    if stage.warmup_steps:
+        rate *= min(1.0, (step + 1) / stage.warmup_steps)
+    return rate
 
 
 def train_step(model, optimizer, loss_fn, images: torch.Tensor, labels: torch.Tensor, precision: str,
@@ -237,13 +268,13 @@ def _check_other_stage(run_dir: Path, stage: StageConfig, pipeline: PipelineConf
                          "and pipeline.* overrides, or train into another model directory", path)
 
 
-def _save_epoch(run_dir, model, optimizer, scheduler, stage, epoch, best, minutes, log, improved) -> None:
+def _save_epoch(run_dir, model, optimizer, stage, epoch, best, minutes, log, improved) -> None:
     meta = {"epoch": epoch, "val_dice": log[-1].get("val_dice")}
     if improved:
         save_weights(run_dir / "best.safetensors", model, stage, **meta)
     save_weights(run_dir / "last.safetensors", model, stage, **meta)
     save_state(run_dir / "last_state.pt", {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "torch_rng": torch.get_rng_state(), "epoch": epoch, "best_val_dice": best, "minutes": minutes,
         "log": log, "config": to_json(stage),
     })
