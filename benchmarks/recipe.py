@@ -52,15 +52,16 @@ ROWS = {
     "small: Dice + CE": [],
     "paper's weighted Dice alone": ["loss=dice"],
     "Dice + class-weighted CE": ["loss=dice_wce"],
-    "regions: Dice + BCE": ["loss=regions"],
+    "regions: Dice + BCE": ["loss=regions", "class_weights=0,1,1"],
     "Dice + CE, deep supervision loss": ["deep_supervision_loss=true"],
-    "regions, deep supervision loss": ["loss=regions", "deep_supervision_loss=true"],
+    "regions, deep supervision loss": ["loss=regions", "class_weights=0,1,1", "deep_supervision_loss=true"],
     "Dice + CE, tumour sampling 0.5": ["tumor_fraction=0.5"],
     "Dice + CE, lr 1e-3": ["lr=1e-3"],
     "Dice + CE, HU window [-79, 304]": ["pipeline.hu_min=-79", "pipeline.hu_max=304"],
     "Dice + CE, poly schedule": ["lr_schedule=poly"],
     "weighted Dice, HU window [-79, 304]": ["loss=dice", "pipeline.hu_min=-79", "pipeline.hu_max=304"],
     "SGD 1e-2 Nesterov, poly schedule": ["optimizer=sgd", "lr=1e-2", "lr_schedule=poly"],
+    "regions, tumour-weighted Dice (0.14, 0.85)": ["loss=regions"],
 }
 RENDERERS = {"validation": "training renderer", "independent": "independent renderer"}
 REGIONS = ("kidney_tumor", "tumor")

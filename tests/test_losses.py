@@ -77,9 +77,13 @@ def test_region_loss_on_even_odds_is_hand_computed():
     truth = np.zeros((4, 4, 4), np.int64)
     truth[:2] = 1  # 32 voxels kidney+tumour ...
     truth[0, :2] = 2  # ... of which 8 tumour
-    loss = make_loss(_stage(loss="regions"))(torch.zeros(1, 2, 4, 4, 4), torch.tensor(truth)[None, None]).item()
+    target = torch.tensor(truth)[None, None]
     dice = [2 * 0.5 * n / (0.5 * 64 + n) for n in (32, 8)]
-    assert loss == pytest.approx(np.mean([1 - d for d in dice]) + np.log(2), abs=1e-4)
+    equal = make_loss(_stage(loss="regions", class_weights=(0.0, 1.0, 1.0)))(torch.zeros(1, 2, 4, 4, 4), target)
+    assert equal.item() == pytest.approx(np.mean([1 - d for d in dice]) + np.log(2), abs=1e-4)
+    weighted = make_loss(_stage(loss="regions", class_weights=(0.01, 0.14, 0.85)))(torch.zeros(1, 2, 4, 4, 4), target)
+    w = np.array([0.14, 0.85]) / 0.99
+    assert weighted.item() == pytest.approx(1 - (w[0] * dice[0] + w[1] * dice[1]) + np.log(2), abs=1e-4)
 
 
 def test_region_loss_is_zero_for_confident_nested_regions_and_needs_tumour_inside_kidney():

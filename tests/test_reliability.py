@@ -178,3 +178,9 @@ def test_folder_prediction_isolates_bad_cases_and_respects_existing_outputs(phan
 def test_every_command_has_help(command):
     proc = run_cli(command, "--help")
     assert proc.returncode == 0 and "usage: kidneyseg " + command in proc.stdout and "exit codes" in proc.stdout
+
+
+def test_demo_refuses_a_bad_setting_before_any_work(tmp_path):
+    proc = run_cli("demo", "--out", tmp_path / "demo", "--set", "loss=hinge")
+    _one_line_error(proc, 2, "loss")
+    assert not (tmp_path / "demo").exists()

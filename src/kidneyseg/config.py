@@ -47,7 +47,7 @@ class StageConfig:
     class_weights: tuple[float, ...] = (0.01, 0.99)
     # dice: the paper's class-weighted soft Dice; dice_ce: + cross-entropy; dice_wce: + cross-entropy weighted by
     # class_weights; regions: sigmoid outputs for the nested regions label >= 1, label >= 2 ... (kidney+tumour,
-    # tumour), soft Dice + binary cross-entropy per region, as nnU-Net trains KiTS21.
+    # tumour), soft Dice weighted by class_weights[1:] + binary cross-entropy, as nnU-Net trains KiTS21.
     loss: Literal["dice", "dice_ce", "dice_wce", "regions"] = "dice"
     deep_supervision_loss: bool = False  # False: the loss on the summed output (paper); True: at each decoder scale
     lr: float = 5e-4

@@ -24,14 +24,15 @@ def run_demo(out: Path, *, cases: int = 40, heldout: int = 8, minutes: float = 0
 
     progress = sys.stderr.isatty() if progress is None else progress
     out = Path(out)
+    chosen = preset("tiny")
+    stages = {name: override_preset(chosen, name, [f"max_minutes={minutes}", f"seed={seed}", *overrides])
+              for name in ("localizer", "segmenter")}  # bad overrides fail here, before any work
     timings, start = {}, time.perf_counter()
     _say(f"1/4 synthesising {cases} training and {heldout} held-out phantom CTs in {out}")
     synthesize_dataset(out / "data", cases, seed, progress=progress)
     synthesize_dataset(out / "heldout", heldout, seed + 1, progress=progress)
     timings["synthesise"] = time.perf_counter() - start
-    chosen = preset("tiny")
-    for name in ("localizer", "segmenter"):
-        stage, pipeline = override_preset(chosen, name, [f"max_minutes={minutes}", f"seed={seed}", *overrides])
+    for name, (stage, pipeline) in stages.items():
         limit = f", at most {minutes:g} min" if minutes else ""
         _say(f"2/4 training the {name}: {stage.epochs} epochs of {stage.samples_per_epoch} crops (preset tiny{limit})")
         t = time.perf_counter()

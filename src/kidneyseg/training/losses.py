@@ -4,7 +4,8 @@
 * ``dice_ce``: that plus cross-entropy (every voxel counts the same).
 * ``dice_wce``: that plus cross-entropy with the class weights (normalised; torch's weighted mean).
 * ``regions``: sigmoid channels for the nested regions label >= 1, label >= 2 (kidney+tumour,
-  tumour), mean soft Dice over the regions plus binary cross-entropy, as nnU-Net trains KiTS21.
+  tumour), soft Dice of the regions weighted by ``class_weights[1:]`` plus binary cross-entropy, as
+  nnU-Net trains KiTS21 (it weights the regions equally: ``class_weights=0,1,1``).
 
 With ``deep_supervision_loss`` the network returns logits at every supervised scale (full, 1/2,
 1/4 ...) and the loss is their weighted sum with weights 1, 1/2, 1/4 ... normalised to 1 (nnU-Net's
@@ -36,10 +37,11 @@ def weighted_dice_loss(class_weights: tuple[float, ...]) -> DiceLoss:
     return DiceLoss(to_onehot_y=True, softmax=True, weight=_normalised(class_weights), reduction="sum", batch=True)
 
 
-def region_loss() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Mean over regions of (1 - soft Dice) plus binary cross-entropy, for sigmoid region logits.
-    The Dice is pooled over the batch, as in ``weighted_dice_loss``."""
-    dice = DiceLoss(sigmoid=True, batch=True, reduction="mean")
+def region_loss(region_weights: tuple[float, ...]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """1 - sum_r w_r * soft Dice_r (weights normalised to sum 1) plus binary cross-entropy, for
+    sigmoid region logits; nnU-Net's equal weights are ``(1, 1)``. The Dice is pooled over the
+    batch, as in ``weighted_dice_loss``."""
+    dice = DiceLoss(sigmoid=True, batch=True, weight=_normalised(region_weights), reduction="sum")
 
     def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         regions = region_targets(target, logits.shape[1])
@@ -64,7 +66,7 @@ def make_loss(stage: StageConfig) -> Loss:
 
 def _single_scale(stage: StageConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if stage.loss == "regions":
-        return region_loss()
+        return region_loss(stage.class_weights[1:])
     dice = weighted_dice_loss(stage.class_weights)
     if stage.loss == "dice":
         return dice
