@@ -152,6 +152,8 @@ def valid(out: Path, inputs: dict) -> bool:
     if not out.is_dir():
         return True
     for path in out.iterdir():
+        if path.name == "report.csv" or path.name.endswith(".report.json") and not path.name.startswith("."):
+            continue
         if path.name.startswith(".") or not path.name.endswith(".nii.gz"):
             print(f"  left behind: {path.name}")
             return False

@@ -203,4 +203,5 @@ def test_sigterm_while_writing_leaves_no_temp_file_and_a_rerun_finishes(phantom_
     assert sorted(p.name for p in out.iterdir()) == []  # no temp file, no partial output
     rerun = run_cli("predict", phantom_dir, out, "--model", trained_model)
     assert rerun.returncode == 0, rerun.stderr
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{c.name}.nii.gz" for c in phantom_dir.iterdir())
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(f"{c.name}.nii.gz" for c in phantom_dir.iterdir())
+    assert not list(out.glob(".*"))

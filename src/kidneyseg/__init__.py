@@ -5,6 +5,7 @@ The Python API (imported lazily so that ``import kidneyseg`` stays fast):
 * ``segment(ct, model)`` -> Segmentation (``.labels``, ``.save(path)``)
 * ``load_model_dir(path)`` -> TwoStageModel
 * ``load_ct(path)``, ``load_label_map(path)``, ``save_label_map(labels, like, path)``
+* ``measure(labels, volume)`` -> CaseReport: volumes per side, tumour sizes, plausibility flags
 * ``preset(name)``; ``fit(...)`` trains one stage; ``synthesize_dataset(out, cases, seed)``
 """
 
@@ -25,6 +26,7 @@ _API = {
     "fit": "kidneyseg.training.fit",
     "synthesize_dataset": "kidneyseg.synthetic",
     "case_scores": "kidneyseg.evaluation",
+    "measure": "kidneyseg.measure",
 }
 __all__ = sorted(_API)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io as io_text
+import json
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -21,11 +24,13 @@ class PredictSummary:
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     stopped_by: BaseException | None = None  # KeyboardInterrupt or Terminated: the run ended early
+    flags: dict[str, list[str]] = field(default_factory=dict)  # case -> plausibility flags (kidneyseg.measure)
 
     def describe(self) -> str:
         lines = [f"predicted {len(self.written)}, skipped {len(self.skipped)} (exist; use --overwrite), "
                  f"failed {len(self.failed)} in {self.seconds:.1f} s"]
         lines += [f"  FAILED {case}: {why}" for case, why in self.failed.items()]
+        lines += [f"  FLAG {case}: {flag}" for case, flags in self.flags.items() for flag in flags]
         if self.stopped_by is not None:
             lines.append("  STOPPED: the remaining cases were not started; run the same command again to finish "
                          "them (existing outputs are skipped)")
@@ -78,8 +83,10 @@ def predict_inputs(inputs: Path, out_dir: Path, model_dir: Path, *, overwrite: b
             summary.skipped.append(case_id)
             continue
         try:
-            _predict_one(path, target, model, allow_4d)
+            report = _predict_one(path, target, model, allow_4d)
             summary.written.append(case_id)
+            if report.flags:
+                summary.flags[case_id] = [str(f) for f in report.flags]
         except (KeyboardInterrupt, Terminated) as exc:
             summary.failed[case_id] = f"{path}: interrupted ({type(exc).__name__}); no output written"
             summary.stopped_by = exc
@@ -94,20 +101,68 @@ def predict_inputs(inputs: Path, out_dir: Path, model_dir: Path, *, overwrite: b
             summary.failed[case_id] = f"{path}: unexpected {type(exc).__name__}: {exc}"
             traceback.print_exc()
     summary.seconds = time.perf_counter() - start
+    if summary.written:
+        write_report_table(out_dir)
     return summary
 
 
-def _predict_one(path: Path, target: Path, model, allow_4d: bool) -> None:
-    """Read, segment and write one case; running out of memory becomes a ResourceError naming it."""
+def _predict_one(path: Path, target: Path, model, allow_4d: bool):
+    """Read, segment and write one case, and its volume report beside it (``<case_id>.report.json``);
+    returns the report. Running out of memory becomes a ResourceError naming the case."""
     from kidneyseg.inference import segment
+    from kidneyseg.measure import measure
 
     try:
-        segment(io.load_ct(path, allow_4d=allow_4d), model).save(target)
+        result = segment(io.load_ct(path, allow_4d=allow_4d), model)
+        report = measure(result.labels, result.volume)
+        result.save(target)
+        case_id = target.name[: -len(".nii.gz")]
+        document = {"case_id": case_id, "input": str(path), **report.to_dict()}
+        io.atomic_write_text(target.with_name(f"{case_id}{REPORT_SUFFIX}"), json.dumps(document, indent=1))
+        return report
     except (MemoryError, RuntimeError) as exc:
         if isinstance(exc, RuntimeError) and "memory" not in str(exc).lower():
             raise
         detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "an allocation failed"
         raise ResourceError(f"out of memory while predicting this case ({detail}); {_size_note(path)}", path) from exc
+
+
+REPORT_SUFFIX = ".report.json"
+REPORT_COLUMNS = ("case_id", "side", "regions", "kidney_ml", "tumor_ml", "tumors", "largest_tumor_ml",
+                  "largest_tumor_axial_mm", "largest_tumor_extent_mm", "flags")
+
+
+def write_report_table(out_dir: Path) -> Path:
+    """``OUT_DIR/report.csv`` from every ``*.report.json`` there (this run's and earlier ones): one
+    row per case and side (a case with nothing found gets one row without a side), the case's flags
+    on each of its rows."""
+    buffer = io_text.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(REPORT_COLUMNS)
+    for path in sorted(Path(out_dir).glob(f"*{REPORT_SUFFIX}")):
+        document = json.loads(path.read_text())
+        flags = "; ".join(f"{f['name']}: {f['detail']}" for f in document["flags"])
+        for side in document["sides"] or [{}]:
+            extent = " x ".join(f"{v:.1f}" for v in side.get("largest_tumor_extent_mm", ()))
+            writer.writerow([document["case_id"], *(_cell(side.get(c)) for c in REPORT_COLUMNS[1:-2]), extent, flags])
+    return io.atomic_write_text(Path(out_dir) / "report.csv", buffer.getvalue())
+
+
+def format_report(out_dir: Path, case_ids: list[str]) -> str:
+    """A terminal table of the volume reports of ``case_ids``: one line per case and side."""
+    head = f"{'case':<16} {'side':<6} {'kidney mL':>9} {'tumour mL':>9} {'tumours':>7} {'largest axial mm':>16}"
+    lines = [head, "-" * len(head)]
+    for case_id in case_ids:
+        document = json.loads((Path(out_dir) / f"{case_id}{REPORT_SUFFIX}").read_text())
+        for side in document["sides"] or [{"side": "-"}]:
+            lines.append(f"{case_id:<16} {side['side']:<6} {side.get('kidney_ml', 0):>9.1f} "
+                         f"{side.get('tumor_ml', 0):>9.1f} {side.get('tumors', 0):>7} "
+                         f"{side.get('largest_tumor_axial_mm', 0):>16.1f}")
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    return f"{value:.1f}" if isinstance(value, float) else "" if value is None else str(value)
 
 
 def _size_note(path: Path) -> str:

@@ -141,10 +141,13 @@ def _train(args) -> int:
 
 
 def _predict(args) -> int:
-    from kidneyseg.batch import predict_inputs
+    from kidneyseg.batch import format_report, predict_inputs
 
     summary = predict_inputs(args.input, args.out_dir, args.model, overwrite=args.overwrite, tta=args.tta,
                              device=args.device, allow_4d=args.allow_4d)
+    if summary.written:
+        print(format_report(args.out_dir, summary.written))
+        print(f"volume reports: {args.out_dir}/<case_id>.report.json and {args.out_dir}/report.csv")
     print(summary.describe())
     return summary.exit_code()
 
