@@ -14,7 +14,15 @@ import numpy as np
 from tqdm import tqdm
 
 from kidneyseg import io
-from kidneyseg.errors import InvalidInputError, KidneysegError, PartialFailureError, ResourceError, Terminated
+from kidneyseg.errors import (
+    InvalidInputError,
+    KidneysegError,
+    PartialFailureError,
+    ResourceError,
+    Terminated,
+    UsageError,
+)
+from kidneyseg.version import package_version
 
 
 @dataclass
@@ -66,24 +74,37 @@ def _case_id(path: Path) -> str:
 
 
 def predict_inputs(inputs: Path, out_dir: Path, model_dir: Path, *, overwrite: bool = False, tta: bool = False,
-                   device: str = "cpu", progress: bool = True, allow_4d: bool = False) -> PredictSummary:
-    """Segment every input into ``out_dir/<case_id>.nii.gz``. In a folder run one bad case is
-    reported and the others still run (a single input raises its error); existing outputs are
-    skipped unless ``overwrite``; a full disk stops the run."""
+                   device: str = "cpu", progress: bool = True, allow_4d: bool = False,
+                   series: str | None = None, output_format: str = "nifti") -> PredictSummary:
+    """Segment every input into ``out_dir/<case_id>.nii.gz`` (``output_format`` "nifti"), a DICOM
+    SEG ``out_dir/<case_id>.seg.dcm`` ("dicom-seg", DICOM inputs only) or both ("both"), with the
+    volume report beside it. In a folder run one bad case is reported and the others still run (a
+    single input raises its error); existing outputs are skipped unless ``overwrite``; a full disk
+    stops the run."""
     from kidneyseg.inference import load_model_dir
 
     todo = find_inputs(Path(inputs))
+    formats = OUTPUT_FORMATS.get(output_format)
+    if formats is None:
+        raise UsageError(f"unknown output format {output_format!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
+    if "dicom-seg" in formats:
+        not_dicom = [str(path) for _, path in todo if not path.is_dir()]
+        if not_dicom:
+            raise UsageError(f"DICOM-SEG output needs DICOM series inputs; not a DICOM folder: {not_dicom[0]}")
+        from kidneyseg.io.dicom_seg import _libraries
+
+        _libraries()  # the 'dicom' extra is installed, before any work
     io.check_output_dir(out_dir)
     model = load_model_dir(model_dir, device=device, **({"tta_flips": True} if tta else {}))
     summary, start = PredictSummary(), time.perf_counter()
     out_dir = Path(out_dir)
     for case_id, path in tqdm(todo, desc="predict", unit="case", disable=not progress or len(todo) < 2):
-        target = out_dir / f"{case_id}.nii.gz"
-        if target.exists() and not overwrite:
+        targets = {f: out_dir / f"{case_id}{OUTPUT_SUFFIXES[f]}" for f in formats}
+        if all(t.exists() for t in targets.values()) and not overwrite:
             summary.skipped.append(case_id)
             continue
         try:
-            report = _predict_one(path, target, model, allow_4d)
+            report = _predict_one(path, targets, model, allow_4d, series)
             summary.written.append(case_id)
             if report.flags:
                 summary.flags[case_id] = [str(f) for f in report.flags]
@@ -106,17 +127,26 @@ def predict_inputs(inputs: Path, out_dir: Path, model_dir: Path, *, overwrite: b
     return summary
 
 
-def _predict_one(path: Path, target: Path, model, allow_4d: bool):
-    """Read, segment and write one case, and its volume report beside it (``<case_id>.report.json``);
-    returns the report. Running out of memory becomes a ResourceError naming the case."""
+def _predict_one(path: Path, targets: dict[str, Path], model, allow_4d: bool, series: str | None = None):
+    """Read, segment and write one case in each format of ``targets``, and its volume report beside it
+    (``<case_id>.report.json``); returns the report. Running out of memory becomes a ResourceError
+    naming the case."""
     from kidneyseg.inference import segment
     from kidneyseg.measure import measure
 
     try:
-        result = segment(io.load_ct(path, allow_4d=allow_4d), model)
+        result = segment(io.load_ct(path, allow_4d=allow_4d, series=series), model)
         report = measure(result.labels, result.volume)
-        result.save(target)
-        case_id = target.name[: -len(".nii.gz")]
+        if "nifti" in targets:
+            result.save(targets["nifti"])
+        if "dicom-seg" in targets:
+            from kidneyseg.io.dicom import choose_series
+            from kidneyseg.io.dicom_seg import write_dicom_seg
+
+            write_dicom_seg(result.labels, result.volume, choose_series(path, series), targets["dicom-seg"],
+                            package_version())
+        target = next(iter(targets.values()))
+        case_id = target.name[: -len(OUTPUT_SUFFIXES[next(iter(targets))])]
         document = {"case_id": case_id, "input": str(path), **report.to_dict()}
         io.atomic_write_text(target.with_name(f"{case_id}{REPORT_SUFFIX}"), json.dumps(document, indent=1))
         return report
@@ -127,7 +157,10 @@ def _predict_one(path: Path, target: Path, model, allow_4d: bool):
         raise ResourceError(f"out of memory while predicting this case ({detail}); {_size_note(path)}", path) from exc
 
 
+OUTPUT_FORMATS = {"nifti": ("nifti",), "dicom-seg": ("dicom-seg",), "both": ("nifti", "dicom-seg")}
+OUTPUT_SUFFIXES = {"nifti": ".nii.gz", "dicom-seg": ".seg.dcm"}
 REPORT_SUFFIX = ".report.json"
+
 REPORT_COLUMNS = ("case_id", "side", "regions", "kidney_ml", "tumor_ml", "tumors", "largest_tumor_ml",
                   "largest_tumor_axial_mm", "largest_tumor_extent_mm", "flags")
 

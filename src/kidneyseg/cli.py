@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 from kidneyseg.errors import InvalidInputError, KidneysegError, Terminated, UsageError
+from kidneyseg.version import package_version
 
 EPILOG = ("exit codes: 0 ok, 2 usage, 3 invalid input, 4 bad model file, 5 resource/I-O failure, "
           "6 training diverged (NaN/Inf loss), 7 some cases of a folder run failed")
@@ -17,7 +18,7 @@ EPILOG = ("exit codes: 0 ok, 2 usage, 3 invalid input, 4 bad model file, 5 resou
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kidneyseg", epilog=EPILOG,
                                      description="Two-stage 3D U-Net segmentation of kidneys and kidney tumours in CT.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("synth", help="write procedural phantom CTs in the KiTS layout", epilog=EPILOG)
@@ -57,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="average predictions over flips (test-time augmentation), "
                    "also when the model's pipeline.json does not ask for it")
     p.add_argument("--allow-4d", action="store_true", help="accept 4D images and use their first volume")
+    p.add_argument("--output-format", choices=("nifti", "dicom-seg", "both"), default="nifti",
+                   help="nifti (OUT_DIR/<case_id>.nii.gz, default), dicom-seg (OUT_DIR/<case_id>.seg.dcm, a DICOM "
+                        "Segmentation referencing the input series; DICOM inputs only, needs kidneyseg[dicom]) "
+                        "or both")
+    p.add_argument("--series", metavar="UID", help="in a DICOM folder holding several series, the one to segment "
+                                                     "(without it such a folder is refused with a list of them)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
 
     p = sub.add_parser("evaluate", help="KiTS19 Dice scores of predictions against ground truth", epilog=EPILOG)
@@ -144,7 +151,8 @@ def _predict(args) -> int:
     from kidneyseg.batch import format_report, predict_inputs
 
     summary = predict_inputs(args.input, args.out_dir, args.model, overwrite=args.overwrite, tta=args.tta,
-                             device=args.device, allow_4d=args.allow_4d)
+                             device=args.device, allow_4d=args.allow_4d, series=args.series,
+                             output_format=args.output_format)
     if summary.written:
         print(format_report(args.out_dir, summary.written))
         print(f"volume reports: {args.out_dir}/<case_id>.report.json and {args.out_dir}/report.csv")
@@ -175,15 +183,6 @@ def _demo(args) -> int:
 def _positive(value: int, name: str) -> None:
     if value < 1:
         raise UsageError(f"{name} must be at least 1, got {value}")
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("kidneyseg")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 _COMMANDS = {"check": _check, "synth": _synth, "train": _train, "predict": _predict, "evaluate": _evaluate,

@@ -33,11 +33,12 @@ __all__ = [
 ]
 
 
-def load_ct(path: str | Path, *, allow_4d: bool = False, check_hu: bool = True) -> Volume:
-    """Read a CT (NIfTI file or DICOM series folder) as a float32 Volume in HU, (X, Y, Z) RAS+."""
+def load_ct(path: str | Path, *, allow_4d: bool = False, check_hu: bool = True, series: str | None = None) -> Volume:
+    """Read a CT (NIfTI file or DICOM series folder) as a float32 Volume in HU, (X, Y, Z) RAS+.
+    ``series`` chooses a series by its UID in a folder that holds several."""
     path = Path(path)
     if path.is_dir():
-        data, affine = read_dicom_series(path)
+        data, affine = read_dicom_series(path, series)
         check_affine(affine, path)
         header = None
     else:
