@@ -142,15 +142,16 @@ def test_the_cache_is_rebuilt_when_its_code_or_a_setting_changes(phantom_dir, tm
     assert build() == first  # unchanged: reused
     changed_setting = build(replace(stage, translate_vox=stage.translate_vox + 2))
     assert changed_setting != first
-    monkeypatch.setattr(cache, "code_hash", lambda: "code after an edit to preprocessing")
+    monkeypatch.setattr(cache, "CODE_HASH", "code after an edit to preprocessing")
     assert build(replace(stage, translate_vox=stage.translate_vox + 2)) != changed_setting
 
 
 def test_code_hash_covers_the_preprocessing_source():
-    from kidneyseg.training.cache import CODE_MODULES, code_hash
+    from kidneyseg.training.cache import CODE_HASH, CODE_MODULES, code_hash
 
     assert "kidneyseg.preprocess" in CODE_MODULES and "kidneyseg.geometry" in CODE_MODULES
     assert code_hash() != code_hash(CODE_MODULES[:-1])
+    assert code_hash() == CODE_HASH  # taken at import, from the code on disk (unchanged since)
 
 
 _LIMITED = """

@@ -30,7 +30,7 @@ from kidneyseg.preprocess import normalize_ct
 # boxes, cropping and resizing, and this module. A change to any of them rebuilds every cache.
 CODE_MODULES = ("kidneyseg.training.cache", "kidneyseg.preprocess", "kidneyseg.geometry", "kidneyseg.postprocess",
                 "kidneyseg.labels", "kidneyseg.io", "kidneyseg.io.nifti", "kidneyseg.io.volume",
-                "kidneyseg.io.validate", "kidneyseg.io.dicom")
+                "kidneyseg.io.validate")
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Sample:
 
 
 def fingerprint(cases: list[io.layout.Case], stage: StageConfig, pipeline: PipelineConfig) -> dict:
-    relevant = {"code": code_hash(), "stage": stage.stage, "hu": [pipeline.hu_min, pipeline.hu_max]}
+    relevant = {"code": CODE_HASH, "stage": stage.stage, "hu": [pipeline.hu_min, pipeline.hu_max]}
     if stage.stage == "localizer":
         relevant["input_size"] = list(stage.input_size)
     else:
@@ -66,6 +66,11 @@ def code_hash(modules: tuple[str, ...] = CODE_MODULES) -> str:
         digest.update(name.encode())
         digest.update(Path(importlib.import_module(name).__file__).read_bytes())
     return digest.hexdigest()
+
+
+# Taken when this module is imported, so that it describes the code this process runs (an edit to the
+# files while a long run goes on must not change the run's fingerprint halfway).
+CODE_HASH = code_hash()
 
 
 def _stat(path: Path) -> list:
