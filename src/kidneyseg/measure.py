@@ -20,6 +20,8 @@ Plausibility flags (named warnings; the labels are still returned):
 * ``kidney_volume_out_of_range``: a side's kidney tissue (label 1) outside KIDNEY_ML_RANGE.
 * ``kidney_not_beside_spine``: a region's centre is not 20-160 mm to the side of the body's
   midline, or lies in the anterior half of the body: kidneys are retroperitoneal, beside the spine.
+* ``region_across_midline``: one region crosses the body's midline: a horseshoe kidney (about 1 in
+  500 people) or, more often in a model's output, something that is not a kidney.
 * ``tumour_outside_kidney``: a tumour region that touches no kidney voxel.
 """
 
@@ -96,6 +98,9 @@ def measure(labels: np.ndarray, ct: Volume) -> CaseReport:
         by_side.setdefault(side, []).append(region)
         lateral = abs(float(points[:, 0].mean()) - midline)
         anterior = float(points[:, 1].mean()) > body_ap
+        if side == "both":
+            flags.append(Flag("region_across_midline", "one region crosses the body's midline: a horseshoe kidney "
+                                                       "(rare), or not a kidney"))
         if (side != "both" and not LATERAL_MM_RANGE[0] <= lateral <= LATERAL_MM_RANGE[1]) or anterior:
             flags.append(Flag("kidney_not_beside_spine",
                               f"a {side} region's centre is {lateral:.0f} mm from the midline"
