@@ -161,3 +161,30 @@ def test_box_rules_in_millimetres_follow_the_spacing():
     (box,) = kidney_boxes(mask, pipeline, (0.8, 0.8, 2.5))
     # margins ceil(8 / 0.8) = 10 and ceil(8 / 2.5) = 4 voxels; minimum sides 64, 64 and ceil(51.2 / 2.5) = 21
     assert box.size_vox == (120, 64, 21)
+
+
+def test_shards_together_write_what_one_run_writes(phantom_dir, trained_model, tmp_path):
+    from kidneyseg.batch import predict_inputs
+
+    whole = predict_inputs(phantom_dir, tmp_path / "whole", trained_model, progress=False)
+    written = []
+    for k in (1, 2, 3):
+        shard = predict_inputs(phantom_dir, tmp_path / "shards", trained_model, progress=False, shard=(k, 3))
+        written += shard.written
+    assert sorted(written) == sorted(whole.written) and len(written) == len(set(written)) == 4
+    for case in whole.written:
+        a = io.load_label_map(tmp_path / "whole" / f"{case}.nii.gz").array
+        b = io.load_label_map(tmp_path / "shards" / f"{case}.nii.gz").array
+        assert np.array_equal(a, b)
+    again = predict_inputs(phantom_dir, tmp_path / "shards", trained_model, progress=False, shard=(2, 3))
+    assert again.written == [] and len(again.skipped) == 1  # a rerun skips what exists
+
+
+def test_prediction_precision_overrides_the_trained_one(trained_model, monkeypatch):
+    assert load_model_dir(trained_model).segmenter_config.precision == "bf16"  # tiny trains in bf16
+    model = load_model_dir(trained_model, precision="fp32")
+    assert model.localizer_config.precision == model.segmenter_config.precision == "fp32"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.warns(UserWarning, match="no bf16 support"):
+        fallback = load_model_dir(trained_model, precision="bf16")
+    assert fallback.segmenter_config.precision == "fp32"

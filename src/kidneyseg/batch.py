@@ -75,15 +75,21 @@ def _case_id(path: Path) -> str:
 
 def predict_inputs(inputs: Path, out_dir: Path, model_dir: Path, *, overwrite: bool = False, tta: bool = False,
                    device: str = "cpu", progress: bool = True, allow_4d: bool = False,
-                   series: str | None = None, output_format: str = "nifti") -> PredictSummary:
+                   series: str | None = None, output_format: str = "nifti", precision: str | None = None,
+                   shard: tuple[int, int] = (1, 1)) -> PredictSummary:
     """Segment every input into ``out_dir/<case_id>.nii.gz`` (``output_format`` "nifti"), a DICOM
     SEG ``out_dir/<case_id>.seg.dcm`` ("dicom-seg", DICOM inputs only) or both ("both"), with the
     volume report beside it. In a folder run one bad case is reported and the others still run (a
     single input raises its error); existing outputs are skipped unless ``overwrite``; a full disk
-    stops the run."""
+    stops the run. ``shard`` (K, N) takes every N-th input from the K-th on (1-based) of the sorted
+    list, so that N jobs of a cluster array split a folder between them; ``precision`` overrides the
+    model's (see ``load_model_dir``)."""
     from kidneyseg.inference import load_model_dir
 
-    todo = find_inputs(Path(inputs))
+    index, count = shard
+    if not 1 <= index <= count:
+        raise UsageError(f"--shard K/N needs 1 <= K <= N, got {index}/{count}")
+    todo = find_inputs(Path(inputs))[index - 1::count]
     formats = OUTPUT_FORMATS.get(output_format)
     if formats is None:
         raise UsageError(f"unknown output format {output_format!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
@@ -95,7 +101,7 @@ def predict_inputs(inputs: Path, out_dir: Path, model_dir: Path, *, overwrite: b
 
         _libraries()  # the 'dicom' extra is installed, before any work
     io.check_output_dir(out_dir)
-    model = load_model_dir(model_dir, device=device, **({"tta_flips": True} if tta else {}))
+    model = load_model_dir(model_dir, device=device, precision=precision, **({"tta_flips": True} if tta else {}))
     summary, start = PredictSummary(), time.perf_counter()
     out_dir = Path(out_dir)
     for case_id, path in tqdm(todo, desc="predict", unit="case", disable=not progress or len(todo) < 2):

@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nifti (OUT_DIR/<case_id>.nii.gz, default), dicom-seg (OUT_DIR/<case_id>.seg.dcm, a DICOM "
                         "Segmentation referencing the input series; DICOM inputs only, needs kidneyseg[dicom]) "
                         "or both")
+    p.add_argument("--precision", choices=("fp32", "bf16"),
+                   help="network precision for prediction (default: each stage's own, as trained); bf16 falls back "
+                        "to fp32 on a CPU without bf16 support")
+    p.add_argument("--shard", metavar="K/N", type=_shard, default=(1, 1),
+                   help="predict every N-th input of the sorted list from the K-th on (1-based), e.g. 3/8 as job 3 "
+                        "of a cluster array of 8; the shards together write what one run would")
     p.add_argument("--series", metavar="UID", help="in a DICOM folder holding several series, the one to segment "
                                                      "(without it such a folder is refused with a list of them)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
@@ -152,7 +158,7 @@ def _predict(args) -> int:
 
     summary = predict_inputs(args.input, args.out_dir, args.model, overwrite=args.overwrite, tta=args.tta,
                              device=args.device, allow_4d=args.allow_4d, series=args.series,
-                             output_format=args.output_format)
+                             output_format=args.output_format, precision=args.precision, shard=args.shard)
     if summary.written:
         print(format_report(args.out_dir, summary.written))
         print(f"volume reports: {args.out_dir}/<case_id>.report.json and {args.out_dir}/report.csv")
@@ -178,6 +184,13 @@ def _demo(args) -> int:
     run_demo(args.out, cases=args.cases, heldout=args.heldout, minutes=args.minutes, seed=args.seed,
              overrides=tuple(args.overrides))
     return 0
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, sep, count = text.partition("/")
+    if not sep or not index.isdigit() or not count.isdigit() or not 1 <= int(index) <= int(count):
+        raise argparse.ArgumentTypeError(f"expected K/N with 1 <= K <= N, got {text!r}")
+    return int(index), int(count)
 
 
 def _positive(value: int, name: str) -> None:

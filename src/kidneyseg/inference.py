@@ -21,7 +21,7 @@ import torch
 
 from kidneyseg import io
 from kidneyseg.config import PipelineConfig, StageConfig, differences, pipeline_from_dict
-from kidneyseg.errors import ModelFileError
+from kidneyseg.errors import ModelFileError, UsageError
 from kidneyseg.geometry import Box, crop, paste_max, resize_image, resize_labels
 from kidneyseg.model import place
 from kidneyseg.outputs import probabilities, to_labels
@@ -61,9 +61,12 @@ class Segmentation:
         return io.save_label_map(self.labels, self.volume, path)
 
 
-def load_model_dir(model_dir: str | Path, device: str = "cpu", **pipeline_overrides) -> TwoStageModel:
+def load_model_dir(model_dir: str | Path, device: str = "cpu", precision: str | None = None,
+                   **pipeline_overrides) -> TwoStageModel:
     """Load ``model_dir/{localizer,segmenter}/best.safetensors`` and ``model_dir/pipeline.json``.
 
+    ``precision`` ("fp32" or "bf16") replaces the precision the stages were trained with for
+    prediction; bf16 falls back to fp32, with a warning, on a CPU without bf16 support.
     ``pipeline_overrides`` replace pipeline settings (e.g. ``tta_flips=True``).
     """
     model_dir = Path(model_dir)
@@ -83,7 +86,21 @@ def load_model_dir(model_dir: str | Path, device: str = "cpu", **pipeline_overri
         if cfg.network.num_classes != classes:
             raise ModelFileError(f"expected a {classes}-class {path.name}, found {cfg.network.num_classes} classes",
                                  path)
+    precision = supported_precision(precision, device)
+    if precision is not None:
+        loc_cfg, seg_cfg = replace(loc_cfg, precision=precision), replace(seg_cfg, precision=precision)
     return TwoStageModel(loc, loc_cfg, seg, seg_cfg, pipeline, device)
+
+
+def supported_precision(precision: str | None, device: str) -> str | None:
+    """``precision`` if the device runs it; bf16 on a CPU without bf16 support becomes fp32 (with a warning:
+    oneDNN would emulate it, several times slower than fp32)."""
+    if precision not in (None, "fp32", "bf16"):
+        raise UsageError(f"precision must be fp32 or bf16, got {precision!r}")
+    if precision == "bf16" and torch.device(device).type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        warnings.warn("this CPU has no bf16 support; predicting in fp32", stacklevel=3)
+        return "fp32"
+    return precision
 
 
 def _check_stages_agree(model_dir: Path, pipeline: PipelineConfig) -> None:
