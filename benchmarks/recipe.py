@@ -62,6 +62,8 @@ ROWS = {
     "weighted Dice, HU window [-79, 304]": ["loss=dice", "pipeline.hu_min=-79", "pipeline.hu_max=304"],
     "SGD 1e-2 Nesterov, poly schedule": ["optimizer=sgd", "lr=1e-2", "lr_schedule=poly"],
     "regions, tumour-weighted Dice (0.14, 0.85)": ["loss=regions"],
+    "weighted Dice, poly schedule": ["loss=dice", "lr_schedule=poly"],
+    "weighted Dice, deep supervision loss": ["loss=dice", "deep_supervision_loss=true"],
 }
 RENDERERS = {"validation": "training renderer", "independent": "independent renderer"}
 REGIONS = ("kidney_tumor", "tumor")
