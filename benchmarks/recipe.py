@@ -38,7 +38,7 @@ import torch
 from accuracy import shared_cache
 
 from kidneyseg import io
-from kidneyseg.config import override_preset, preset
+from kidneyseg.config import override_preset, preset, stage_from_dict
 from kidneyseg.evaluation import case_scores
 from kidneyseg.inference import TwoStageModel, segment
 from kidneyseg.postprocess import kidney_boxes
@@ -117,14 +117,15 @@ def run(name: str, seed: int, work: Path, out: Path, steps: int, draws: int) -> 
     cases = io.layout.kits_cases(work / "train")
     # One cache folder per fingerprint (settings, files, code), so that rows with other HU windows or
     # box rules, run in parallel, never rebuild a cache another row is reading.
-    name = "cache-" + hashlib.sha256(json.dumps(fingerprint(cases, stage, pipeline)).encode()).hexdigest()[:10]
-    shared_cache(work, model_dir, name)
-    with open(work / f"{name}.lock", "w") as lock:  # parallel runs build the shared cache once
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        build_cache(cases, work / name / "segmenter", stage, pipeline)
-    start = time.perf_counter()
-    fit(work / "train", model_dir, stage, pipeline, overwrite=True)
-    train_seconds = time.perf_counter() - start
+    cache = "cache-" + hashlib.sha256(json.dumps(fingerprint(cases, stage, pipeline)).encode()).hexdigest()[:10]
+    shared_cache(work, model_dir, cache)
+    start, train_seconds = time.perf_counter(), None
+    if not trained_already(model_dir / "segmenter", stage):  # else a run that stopped before its scoring
+        with open(work / f"{cache}.lock", "w") as lock:  # parallel runs build the shared cache once
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            build_cache(cases, work / cache / "segmenter", stage, pipeline)
+        fit(work / "train", model_dir, stage, pipeline, overwrite=True)
+        train_seconds = time.perf_counter() - start
     net, trained, _ = load_model(model_dir / "segmenter" / "best.safetensors")
     # The localizer is never run: segment(..., boxes=) replaces it with the ground-truth boxes.
     localizer = build_model(small.localizer)
@@ -134,6 +135,15 @@ def run(name: str, seed: int, work: Path, out: Path, steps: int, draws: int) -> 
               "threads": torch.get_num_threads(), "train_seconds": train_seconds, "per_case": scores}
     result_path.write_text(json.dumps(result, indent=1))
     return result
+
+
+def trained_already(run_dir: Path, stage) -> bool:
+    """The run folder holds a finished run of exactly ``stage``: its settings and all its epochs."""
+    config, log = run_dir / "config.json", run_dir / "log.csv"
+    if not (config.exists() and log.exists() and (run_dir / "best.safetensors").exists()):
+        return False
+    same = stage_from_dict(json.loads(config.read_text())["stage"]) == stage
+    return same and len(log.read_text().strip().splitlines()) - 1 == stage.epochs
 
 
 def score(folder: Path, model: TwoStageModel) -> dict[str, dict[str, float]]:
