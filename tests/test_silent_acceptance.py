@@ -106,7 +106,7 @@ def test_a_stage_trained_with_other_pipeline_settings_is_refused(phantom_dir, tr
     shutil.copytree(trained_model, model_dir)
     before = (model_dir / "segmenter" / "config.json").read_text()
     other = replace(preset("tiny").pipeline, margin_mm=8.0)
-    with pytest.raises(UsageError, match=r"margin_mm: 0\.0 vs 8\.0"):
+    with pytest.raises(UsageError, match=r"margin_mm: 20\.0 vs 8\.0"):
         fit(phantom_dir, model_dir, micro_stage("segmenter"), other, overwrite=True, progress=False)
     assert (model_dir / "segmenter" / "config.json").read_text() == before  # nothing was written
 
@@ -119,9 +119,9 @@ def test_a_model_directory_whose_stages_disagree_is_refused_with_both_values(tra
     load_model_dir(model_dir)  # consistent as trained
     config_path = model_dir / "localizer" / "config.json"
     config = json.loads(config_path.read_text())
-    config["pipeline"]["min_box_vox"] = 64
+    config["pipeline"]["margin_mm"] = 8.0
     config_path.write_text(json.dumps(config))
-    with pytest.raises(ModelFileError, match=r"localizer.*min_box_vox: 64 vs 32"):
+    with pytest.raises(ModelFileError, match=r"localizer.*margin_mm: 8\.0 vs 20\.0"):
         load_model_dir(model_dir)
     proc = run_cli("predict", tmp_path / "missing.nii.gz", tmp_path / "out", "--model", model_dir)
     assert proc.returncode in (3, 4)  # the missing input or the model, each one line
