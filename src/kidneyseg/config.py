@@ -170,11 +170,17 @@ def _small(name: str, size: int, base: int, levels: int, epochs: tuple[int, int]
 # probabilities resized and flips averaged this was the best inference of the 60-minute accuracy run
 # (kidney+tumour 0.768 vs 0.730 for the paper's inference; README).
 MM_BOXES = {"margin_mm": 8.0, "min_box_mm": 51.2}
+# nnU-Net's window for KiTS19 (0.5 and 99.5 percentiles of the foreground). The paper's [-95, 155] clips
+# enhancing cortex and clear-cell tumours (both often above 155 HU) to one value. On the recipe proxy
+# (240 steps, 2 seeds, README) it raised stage 2's tumour Dice from 0.057 to 0.134 (independent renderer
+# 0.028 to 0.140) with Dice + CE and from 0.173 to 0.254 with the weighted Dice, kidney+tumour unchanged.
+WIDE_HU = {"hu_min": -79.0, "hu_max": 304.0}
 PRESETS = {
     "paper": _paper,
     # 96 draws per epoch: validating 20 % of the cases after every 32 would take a third of the time.
     "small": lambda: _small("small", 96, 8, 5, (300, 300), 30.0,
-                            PipelineConfig(**MM_BOXES, resize_probabilities=True, tta_flips=True), tumor_fraction=0.75,
+                            PipelineConfig(**MM_BOXES, **WIDE_HU, resize_probabilities=True, tta_flips=True),
+                            tumor_fraction=0.75,
                             intensity_prob=0.15, samples_per_epoch=96),
     "tiny": lambda: _small("tiny", 48, 8, 4, (15, 28), 0.0,
                            PipelineConfig(margin_mm=20.0, min_box_mm=100.0, resize_probabilities=True, tta_flips=True)),
