@@ -110,7 +110,7 @@ def predict_inputs(inputs: Path, out_dir: Path, model_dir: Path, *, overwrite: b
             summary.skipped.append(case_id)
             continue
         try:
-            report = _predict_one(path, targets, model, allow_4d, series)
+            report = _predict_one(path, targets, out_dir / f"{case_id}{REPORT_SUFFIX}", model, allow_4d, series)
             summary.written.append(case_id)
             if report.flags:
                 summary.flags[case_id] = [str(f) for f in report.flags]
@@ -133,10 +133,10 @@ def predict_inputs(inputs: Path, out_dir: Path, model_dir: Path, *, overwrite: b
     return summary
 
 
-def _predict_one(path: Path, targets: dict[str, Path], model, allow_4d: bool, series: str | None = None):
-    """Read, segment and write one case in each format of ``targets``, and its volume report beside it
-    (``<case_id>.report.json``); returns the report. Running out of memory becomes a ResourceError
-    naming the case."""
+def _predict_one(path: Path, targets: dict[str, Path], report_path: Path, model, allow_4d: bool,
+                 series: str | None = None):
+    """Read, segment and write one case in each format of ``targets``, and its volume report at
+    ``report_path``; returns the report. Running out of memory becomes a ResourceError naming the case."""
     from kidneyseg.inference import segment
     from kidneyseg.measure import measure
 
@@ -151,10 +151,8 @@ def _predict_one(path: Path, targets: dict[str, Path], model, allow_4d: bool, se
 
             write_dicom_seg(result.labels, result.volume, choose_series(path, series), targets["dicom-seg"],
                             package_version())
-        target = next(iter(targets.values()))
-        case_id = target.name[: -len(OUTPUT_SUFFIXES[next(iter(targets))])]
-        document = {"case_id": case_id, "input": str(path), **report.to_dict()}
-        io.atomic_write_text(target.with_name(f"{case_id}{REPORT_SUFFIX}"), json.dumps(document, indent=1))
+        document = {"case_id": report_path.name[: -len(REPORT_SUFFIX)], "input": str(path), **report.to_dict()}
+        io.atomic_write_text(report_path, json.dumps(document, indent=1))
         return report
     except (MemoryError, RuntimeError) as exc:
         if isinstance(exc, RuntimeError) and "memory" not in str(exc).lower():
