@@ -81,7 +81,7 @@ def main() -> int:
     rerun = subprocess.run(predict_cmd(flat, out, model), capture_output=True, text=True, timeout=1800)
     expected = set(inputs) - {deleted, garbled}
     check("rerun: exit 7, names the unreadable input", rerun.returncode == 7 and f"FAILED {garbled}" in rerun.stdout,
-          rerun.stdout.splitlines()[0] if rerun.stdout else rerun.stderr[-200:])
+          next((line for line in rerun.stdout.splitlines() if line.startswith("predicted")), rerun.stderr[-200:]))
     check("rerun: wrote exactly the missing cases, skipped the finished ones",
           outputs(out) == expected and f"predicted {len(expected) - len(done)}, skipped {len(done)}" in rerun.stdout,
           f"{len(outputs(out))} of {len(expected)} readable inputs have outputs")
