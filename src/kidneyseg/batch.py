@@ -97,9 +97,9 @@ def predict_inputs(inputs: Path, out_dir: Path, model_dir: Path, *, overwrite: b
         not_dicom = [str(path) for _, path in todo if not path.is_dir()]
         if not_dicom:
             raise UsageError(f"DICOM-SEG output needs DICOM series inputs; not a DICOM folder: {not_dicom[0]}")
-        from kidneyseg.io.dicom_seg import _libraries
+        from kidneyseg.io.dicom_seg import require_dicom_extra
 
-        _libraries()  # the 'dicom' extra is installed, before any work
+        require_dicom_extra()  # the 'dicom' extra is installed, before any work
     io.check_output_dir(out_dir)
     model = load_model_dir(model_dir, device=device, precision=precision, **({"tta_flips": True} if tta else {}))
     summary, start = PredictSummary(), time.perf_counter()

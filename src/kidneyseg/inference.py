@@ -27,7 +27,7 @@ from kidneyseg.model import place
 from kidneyseg.outputs import probabilities, to_labels
 from kidneyseg.postprocess import clean_labels, kidney_boxes
 from kidneyseg.preprocess import normalize_ct
-from kidneyseg.training.checkpoint import load_model
+from kidneyseg.training.checkpoint import load_model, run_pipeline
 from kidneyseg.training.fit import autocast
 
 
@@ -108,12 +108,9 @@ def _check_stages_agree(model_dir: Path, pipeline: PipelineConfig) -> None:
     each other or from ``pipeline.json`` (e.g. one stage retrained with another preset)."""
     for stage in ("localizer", "segmenter"):
         path = model_dir / stage / "config.json"
-        try:
-            trained = pipeline_from_dict(json.loads(path.read_text())["pipeline"])
-        except FileNotFoundError as exc:
-            raise ModelFileError(f"the {stage} has no config.json; train both stages into it first", path) from exc
-        except (ValueError, TypeError, KeyError) as exc:
-            raise ModelFileError(f"unreadable settings ({exc})", path) from exc
+        trained = run_pipeline(model_dir / stage)
+        if trained is None:
+            raise ModelFileError(f"the {stage} has no config.json; train both stages into it first", path)
         changed = differences(trained, pipeline)
         if changed:
             raise ModelFileError(f"the {stage} was trained with other pipeline settings than pipeline.json "

@@ -33,7 +33,7 @@ def write_dicom_seg(labels: np.ndarray, volume: Volume, series: DicomSeries, pat
                     version: str) -> Path:
     """Write the canonical (X, Y, Z) ``labels`` predicted from ``volume`` (read from ``series``) as a
     DICOM SEG at ``path``, atomically."""
-    hd, pydicom, codes = _libraries()
+    hd, pydicom, codes = require_dicom_extra()
     datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in series.files]
     _fill_uids(datasets, series)
     file_order = volume.to_file_order(np.asarray(labels, dtype=np.uint8))  # (columns, rows, slices)
@@ -92,7 +92,7 @@ def _uid(pydicom, sources: list[str]) -> str:
     return pydicom.uid.generate_uid(entropy_srcs=sources)
 
 
-def _libraries():
+def require_dicom_extra():
     try:
         import highdicom as hd
         import pydicom

@@ -55,7 +55,7 @@ def read_nifti(path: Path, *, allow_4d: bool = False) -> tuple[np.ndarray, np.nd
     check_header_size(shape, header.get_data_dtype(), path)
     affine = _chosen_affine(image, path)
     check_affine(affine, path)
-    # Only the first volume of a 4D file (allowed by check_shape): the proxy reads just that part.
+    # Only the first volume of a 4D file (allowed by check_shape): nibabel's array proxy reads just that part.
     first = (slice(None),) * 3 + (0,) * (len(image.shape) - 3)
     try:
         data = np.asanyarray(image.dataobj[first] if len(image.shape) > 3 else image.dataobj)

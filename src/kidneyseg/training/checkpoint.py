@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from kidneyseg.config import StageConfig, stage_from_dict, to_dict
+from kidneyseg.config import PipelineConfig, StageConfig, pipeline_from_dict, stage_from_dict, to_dict
 from kidneyseg.errors import ModelFileError
 from kidneyseg.io.atomic import atomic_write
 from kidneyseg.model import IsenseeUNet
@@ -67,6 +67,18 @@ def load_model(path: Path, map_location: str = "cpu") -> tuple[IsenseeUNet, Stag
         raise ModelFileError(f"weights do not fit the architecture in the file's settings ({_first_line(exc)})",
                              path) from exc
     return model.eval(), stage, meta
+
+
+def run_pipeline(run_dir: Path) -> PipelineConfig | None:
+    """The pipeline settings a stage was trained with (``run_dir/config.json``), or None if it has none yet.
+    An unreadable file raises ModelFileError naming it."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        return None
+    try:
+        return pipeline_from_dict(json.loads(path.read_text())["pipeline"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ModelFileError(f"unreadable settings ({exc})", path) from exc
 
 
 def save_state(path: Path, state: dict[str, Any]) -> Path:

@@ -24,7 +24,6 @@ from kidneyseg.config import (
     PipelineConfig,
     StageConfig,
     differences,
-    pipeline_from_dict,
     stage_from_dict,
     to_dict,
     to_json,
@@ -36,7 +35,7 @@ from kidneyseg.outputs import probabilities, to_labels
 from kidneyseg.report import save_training_curves
 from kidneyseg.training.augment import make_augment
 from kidneyseg.training.cache import Sample, build_cache
-from kidneyseg.training.checkpoint import build_model, load_state, save_state, save_weights
+from kidneyseg.training.checkpoint import build_model, load_state, run_pipeline, save_state, save_weights
 from kidneyseg.training.data import load_sample
 from kidneyseg.training.losses import make_loss
 
@@ -258,14 +257,12 @@ def _check_other_stage(run_dir: Path, stage: StageConfig, pipeline: PipelineConf
     """Both stages of a model directory share one pipeline (HU window, box rules, inference options):
     refuse, before anything is written, a run whose settings differ from the other stage's."""
     other = "segmenter" if stage.stage == "localizer" else "localizer"
-    path = run_dir.parent / other / "config.json"
-    if not path.exists():
-        return
-    changed = differences(pipeline_from_dict(json.loads(path.read_text())["pipeline"]), pipeline)
+    theirs = run_pipeline(run_dir.parent / other)
+    changed = differences(theirs, pipeline) if theirs is not None else []
     if changed:
         raise UsageError(f"the {other} in this model directory was trained with other pipeline settings "
                          f"({'; '.join(changed)}; the {other}'s first); train both stages with the same preset "
-                         "and pipeline.* overrides, or train into another model directory", path)
+                         "and pipeline.* overrides, or train into another model directory", run_dir.parent / other)
 
 
 def _save_epoch(run_dir, model, optimizer, stage, epoch, best, minutes, log, improved) -> None:
