@@ -103,6 +103,35 @@ def test_flags_for_cases_built_to_trip_each():
     assert "tumour_outside_kidney" in [f.name for f in measure(lone_tumour, volume).flags]
 
 
+def test_specks_and_bulging_tumours_raise_no_flag():
+    """Manual label maps hold specks of a few voxels beside a kidney, and a large tumour can bulge
+    forward from a kidney in its normal place: neither is a reason to distrust the labels."""
+    ct, labels = _scene()
+    volume = io.canonical_volume(ct.astype(np.float32), np.diag([*SPACING, 1.0]))
+    _kidney(labels, 190)
+    _kidney(labels, 50)
+    specks = labels.copy()
+    specks[150:152, 60:62, 5:8] = 1  # 12 voxels (0.08 mL) apart from the right kidney
+    specks[60:62, 120:122, 40:42] = 2  # 8 tumour voxels touching no kidney
+    report = measure(specks, volume)
+    assert report.flags == []
+    right = {s.side: s for s in report.sides}["right"]
+    assert right.regions == 1 and right.kidney_ml == pytest.approx((27 * 34 * 33 + 12) * VOXEL_ML)
+    assert {s.side: s for s in report.sides}["left"].tumors == 0  # a speck is not a tumour
+
+    bulging = labels.copy()
+    bulging[25:80, 97:168, 5:58] = 2  # a 1.4 L tumour growing forward from the left kidney (KiTS19 has such)
+    left = np.argwhere(bulging[:120] > 0)
+    assert (left[:, 1].mean() - 100) * 1.5 > 210 / 6  # the whole region is centred in the anterior third ...
+    report = measure(bulging, volume)
+    assert report.flags == [], report.flags  # ... but its kidney tissue is not
+    moved = labels.copy()
+    moved[moved == 1] = 0
+    _kidney(moved, 190)
+    _kidney(moved, 50, centre_y=150)  # the kidney tissue itself in the anterior third: flagged
+    assert [f.name for f in measure(moved, volume).flags] == ["kidney_not_beside_spine"]
+
+
 def test_predict_writes_a_report_beside_each_prediction(phantom_dir, trained_model, tmp_path):
     import csv
     import json

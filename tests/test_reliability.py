@@ -163,8 +163,9 @@ def test_folder_prediction_isolates_bad_cases_and_respects_existing_outputs(phan
     proc = run_cli("predict", inputs, out, "--model", trained_model)
     assert proc.returncode == 7, proc.stderr
     assert "predicted 2, skipped 0" in proc.stdout and "FAILED case_00009" in proc.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["case_00000.nii.gz", "case_00000.report.json", "case_00001.nii.gz",
-                                                      "case_00001.report.json", "report.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "case_00000.nii.gz", "case_00000.qa.html", "case_00000.report.json",
+        "case_00001.nii.gz", "case_00001.qa.html", "case_00001.report.json", "report.csv"]
     stamp = (out / "case_00000.nii.gz").stat().st_mtime_ns
     shutil.rmtree(inputs / "case_00009")
     proc = run_cli("predict", inputs, out, "--model", trained_model)

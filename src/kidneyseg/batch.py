@@ -7,6 +7,7 @@ import io as io_text
 import json
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,11 +77,12 @@ def _case_id(path: Path) -> str:
 def predict_inputs(inputs: Path, out_dir: Path, model_dir: Path, *, overwrite: bool = False, tta: bool = False,
                    device: str = "cpu", progress: bool = True, allow_4d: bool = False,
                    series: str | None = None, output_format: str = "nifti", precision: str | None = None,
-                   shard: tuple[int, int] = (1, 1)) -> PredictSummary:
+                   shard: tuple[int, int] = (1, 1), qa: bool = True) -> PredictSummary:
     """Segment every input into ``out_dir/<case_id>.nii.gz`` (``output_format`` "nifti"), a DICOM
     SEG ``out_dir/<case_id>.seg.dcm`` ("dicom-seg", DICOM inputs only) or both ("both"), with the
-    volume report beside it. In a folder run one bad case is reported and the others still run (a
-    single input raises its error); existing outputs are skipped unless ``overwrite``; a full disk
+    volume report ``<case_id>.report.json`` and, with ``qa``, the QA page ``<case_id>.qa.html`` beside
+    it. In a folder run one bad case is reported and the others still run (a single input raises its
+    error); existing outputs are skipped unless ``overwrite``; a full disk
     stops the run. ``shard`` (K, N) takes every N-th input from the K-th on (1-based) of the sorted
     list, so that N jobs of a cluster array split a folder between them; ``precision`` overrides the
     model's (see ``load_model_dir``)."""
@@ -110,7 +112,8 @@ def predict_inputs(inputs: Path, out_dir: Path, model_dir: Path, *, overwrite: b
             summary.skipped.append(case_id)
             continue
         try:
-            report = _predict_one(path, targets, out_dir / f"{case_id}{REPORT_SUFFIX}", model, allow_4d, series)
+            report = _predict_one(path, targets, out_dir / f"{case_id}{REPORT_SUFFIX}", model, allow_4d, series,
+                                  out_dir / f"{case_id}{QA_SUFFIX}" if qa else None)
             summary.written.append(case_id)
             if report.flags:
                 summary.flags[case_id] = [str(f) for f in report.flags]
@@ -134,36 +137,65 @@ def predict_inputs(inputs: Path, out_dir: Path, model_dir: Path, *, overwrite: b
 
 
 def _predict_one(path: Path, targets: dict[str, Path], report_path: Path, model, allow_4d: bool,
-                 series: str | None = None):
-    """Read, segment and write one case in each format of ``targets``, and its volume report at
-    ``report_path``; returns the report. Running out of memory becomes a ResourceError naming the case."""
-    from kidneyseg.inference import segment
-    from kidneyseg.measure import measure
-
+                 series: str | None = None, qa_path: Path | None = None):
+    """Read, segment and write one case in each format of ``targets``, its volume report at
+    ``report_path`` and, with ``qa_path``, its QA page; returns the report. The case's warnings
+    (each distinct one once) are kept in the report and the QA page and printed after the case.
+    Running out of memory becomes a ResourceError naming the case."""
+    caught: list[warnings.WarningMessage] = []
     try:
-        result = segment(io.load_ct(path, allow_4d=allow_4d, series=series), model)
-        report = measure(result.labels, result.volume)
-        if "nifti" in targets:
-            result.save(targets["nifti"])
-        if "dicom-seg" in targets:
-            from kidneyseg.io.dicom import choose_series
-            from kidneyseg.io.dicom_seg import write_dicom_seg
-
-            write_dicom_seg(result.labels, result.volume, choose_series(path, series), targets["dicom-seg"],
-                            package_version())
-        document = {"case_id": report_path.name[: -len(REPORT_SUFFIX)], "input": str(path), **report.to_dict()}
-        io.atomic_write_text(report_path, json.dumps(document, indent=1))
-        return report
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # every case records its own warnings, also those seen before
+            return _write_case(path, targets, report_path, model, allow_4d, series, qa_path, caught)
     except (MemoryError, RuntimeError) as exc:
         if isinstance(exc, RuntimeError) and "memory" not in str(exc).lower():
             raise
         detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "an allocation failed"
-        raise ResourceError(f"out of memory while predicting this case ({detail}); {_size_note(path)}", path) from exc
+        raise ResourceError(f"out of memory while predicting this case ({detail}); {_size_note(path)}",
+                            path) from exc
+    finally:  # outside the recording context: printed as they would have been
+        for w in _distinct(caught):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def _write_case(path: Path, targets: dict[str, Path], report_path: Path, model, allow_4d: bool,
+                series: str | None, qa_path: Path | None, caught: list[warnings.WarningMessage]):
+    from kidneyseg.inference import segment
+    from kidneyseg.measure import measure
+
+    case_id = report_path.name[: -len(REPORT_SUFFIX)]
+    result = segment(io.load_ct(path, allow_4d=allow_4d, series=series), model)
+    report = measure(result.labels, result.volume, model.data_profile)
+    if "nifti" in targets:
+        result.save(targets["nifti"])
+    if "dicom-seg" in targets:
+        from kidneyseg.io.dicom import choose_series
+        from kidneyseg.io.dicom_seg import write_dicom_seg
+
+        write_dicom_seg(result.labels, result.volume, choose_series(path, series), targets["dicom-seg"],
+                        package_version())
+    printed = [str(w.message) for w in _distinct(caught)]
+    document = {"case_id": case_id, "input": str(path), **report.to_dict(), "warnings": printed}
+    io.atomic_write_text(report_path, json.dumps(document, indent=1))
+    if qa_path is not None:
+        from kidneyseg.qa import write_qa_page
+
+        write_qa_page(qa_path, case_id, result.volume, result.labels, report, printed, str(path))
+    return report
+
+
+def _distinct(caught: list[warnings.WarningMessage]) -> list[warnings.WarningMessage]:
+    """Each warning once (the same message from the same place, e.g. once per DICOM slice, counts once)."""
+    seen: dict[tuple, warnings.WarningMessage] = {}
+    for w in caught:
+        seen.setdefault((str(w.message), w.category, w.filename, w.lineno), w)
+    return list(seen.values())
 
 
 OUTPUT_FORMATS = {"nifti": ("nifti",), "dicom-seg": ("dicom-seg",), "both": ("nifti", "dicom-seg")}
 OUTPUT_SUFFIXES = {"nifti": ".nii.gz", "dicom-seg": ".seg.dcm"}
 REPORT_SUFFIX = ".report.json"
+QA_SUFFIX = ".qa.html"
 
 REPORT_COLUMNS = ("case_id", "side", "regions", "kidney_ml", "tumor_ml", "tumors", "largest_tumor_ml",
                   "largest_tumor_axial_mm", "largest_tumor_extent_mm", "flags")

@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", metavar="K/N", type=_shard, default=(1, 1),
                    help="predict every N-th input of the sorted list from the K-th on (1-based), e.g. 3/8 as job 3 "
                         "of a cluster array of 8; the shards together write what one run would")
+    p.add_argument("--no-qa", action="store_true", help="do not write the QA page OUT_DIR/<case_id>.qa.html "
+                   "(slices with outlines, the volume report, flags and warnings; written by default)")
     p.add_argument("--series", metavar="UID", help="in a DICOM folder holding several series, the one to segment "
                                                      "(without it such a folder is refused with a list of them)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
@@ -158,10 +160,13 @@ def _predict(args) -> int:
 
     summary = predict_inputs(args.input, args.out_dir, args.model, overwrite=args.overwrite, tta=args.tta,
                              device=args.device, allow_4d=args.allow_4d, series=args.series,
-                             output_format=args.output_format, precision=args.precision, shard=args.shard)
+                             output_format=args.output_format, precision=args.precision, shard=args.shard,
+                             qa=not args.no_qa)
     if summary.written:
         print(format_report(args.out_dir, summary.written))
         print(f"volume reports: {args.out_dir}/<case_id>.report.json and {args.out_dir}/report.csv")
+        if not args.no_qa:
+            print(f"QA pages (open in a browser): {args.out_dir}/<case_id>.qa.html")
     print(summary.describe())
     return summary.exit_code()
 

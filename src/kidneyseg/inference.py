@@ -27,6 +27,7 @@ from kidneyseg.model import place
 from kidneyseg.outputs import probabilities, to_labels
 from kidneyseg.postprocess import clean_labels, kidney_boxes
 from kidneyseg.preprocess import normalize_ct
+from kidneyseg.profile import read_profile
 from kidneyseg.training.checkpoint import load_model, run_pipeline
 from kidneyseg.training.fit import autocast
 
@@ -41,6 +42,7 @@ class TwoStageModel:
     segmenter_config: StageConfig
     pipeline: PipelineConfig
     device: str = "cpu"
+    data_profile: dict | None = None  # the training data's ranges (kidneyseg.profile), None if not recorded
 
     def __post_init__(self) -> None:
         self.localizer = place(self.localizer, self.device)  # on the device, channels-last on CPUs
@@ -63,7 +65,8 @@ class Segmentation:
 
 def load_model_dir(model_dir: str | Path, device: str = "cpu", precision: str | None = None,
                    **pipeline_overrides) -> TwoStageModel:
-    """Load ``model_dir/{localizer,segmenter}/best.safetensors`` and ``model_dir/pipeline.json``.
+    """Load ``model_dir/{localizer,segmenter}/best.safetensors``, ``model_dir/pipeline.json`` and, where
+    training wrote it, ``model_dir/data_profile.json``.
 
     ``precision`` ("fp32" or "bf16") replaces the precision the stages were trained with for
     prediction; bf16 falls back to fp32, with a warning, on a CPU without bf16 support.
@@ -89,7 +92,7 @@ def load_model_dir(model_dir: str | Path, device: str = "cpu", precision: str | 
     precision = supported_precision(precision, device)
     if precision is not None:
         loc_cfg, seg_cfg = replace(loc_cfg, precision=precision), replace(seg_cfg, precision=precision)
-    return TwoStageModel(loc, loc_cfg, seg, seg_cfg, pipeline, device)
+    return TwoStageModel(loc, loc_cfg, seg, seg_cfg, pipeline, device, read_profile(model_dir))
 
 
 def supported_precision(precision: str | None, device: str) -> str | None:

@@ -17,12 +17,23 @@ Plausibility flags (named warnings; the labels are still returned):
 
 * ``no_kidney``: nothing was labelled.
 * ``several_regions_on_one_side``: more than one separate kidney region on a side.
-* ``kidney_volume_out_of_range``: a side's kidney tissue (label 1) outside KIDNEY_ML_RANGE.
-* ``kidney_not_beside_spine``: a region's centre is not 20-160 mm to the side of the body's
-  midline, or lies in the anterior half of the body: kidneys are retroperitoneal, beside the spine.
+* ``kidney_volume_out_of_range``: a side's kidney tissue (label 1) outside KIDNEY_ML_RANGE (twice
+  that range for one region across the midline).
+* ``kidney_not_beside_spine``: a region's kidney tissue (label 1; the whole region where it has
+  none) is not centred 20-160 mm to the side of the body's midline, or is centred in the anterior
+  third of the body: kidneys are retroperitoneal, beside the spine. Kidney tissue, not the whole
+  region, because a large tumour bulging forward moves the region's centre but not the kidney's.
 * ``region_across_midline``: one region crosses the body's midline: a horseshoe kidney (about 1 in
   500 people) or, more often in a model's output, something that is not a kidney.
 * ``tumour_outside_kidney``: a tumour region that touches no kidney voxel.
+* ``input_unlike_training``: with the model's data profile, the input's voxel spacing or body HU,
+  or the HU of what was labelled kidney, lies outside the training data's range (kidneyseg/profile.py).
+
+Regions smaller than SPECK_ML (a few voxels, as manual label maps often hold beside a kidney) count
+in the volumes but not as regions or tumours: they neither raise flags nor add to the tumour count.
+Over the ground-truth label maps of the 180 KiTS19 training and validation cases rendered by
+benchmarks/accuracy.py, these rules flag only cases that are truly unusual (README, "Plausibility
+flags"), so a flag on a prediction is worth a look.
 """
 
 from __future__ import annotations
@@ -36,11 +47,14 @@ from scipy.spatial.distance import pdist
 from kidneyseg.geometry import bounding_box
 from kidneyseg.io import Volume
 from kidneyseg.labels import KIDNEY, TUMOR
+from kidneyseg.profile import unlike_training
 
 # Adult kidney tissue without tumour, one side: normal kidneys hold about 100-250 mL; below 50 mL or
 # above 400 mL is a partial kidney, a miss, or something that is not a kidney.
 KIDNEY_ML_RANGE = (50.0, 400.0)
 LATERAL_MM_RANGE = (20.0, 160.0)  # a kidney's centre from the body's midline
+ANTERIOR_LIMIT = 1 / 6  # a kidney centred this share of the body's depth in front of its centre: anterior third
+SPECK_ML = 0.1  # a region smaller than this (100 mm³) is a speck, not a region or a tumour
 BODY_HU = -500.0
 
 
@@ -54,6 +68,8 @@ class SideMeasures:
     largest_tumor_ml: float
     largest_tumor_axial_mm: float
     largest_tumor_extent_mm: tuple[float, float, float]  # R-L, A-P, S-I
+    centre_mm: tuple[float, float, float]  # world (RAS) centre of the side's labelled voxels
+    largest_tumor_centre_mm: tuple[float, float, float] | None  # world (RAS) centre of its largest tumour
 
 
 @dataclass(frozen=True)
@@ -74,13 +90,16 @@ class CaseReport:
         return {"sides": [asdict(s) for s in self.sides], "flags": [asdict(f) for f in self.flags]}
 
 
-def measure(labels: np.ndarray, ct: Volume) -> CaseReport:
-    """Volumes, tumour sizes and plausibility flags of one predicted case (see the module docstring)."""
+def measure(labels: np.ndarray, ct: Volume, profile: dict | None = None) -> CaseReport:
+    """Volumes, tumour sizes and plausibility flags of one predicted case (see the module docstring);
+    ``profile``: the model's training data profile (kidneyseg.profile), for ``input_unlike_training``."""
     if labels.shape != ct.array.shape:
         raise ValueError(f"labels {labels.shape} and CT {ct.array.shape} differ in shape")
+    unlike = unlike_training(profile, ct, labels) if profile else []
+    input_flags = [Flag("input_unlike_training", "; ".join(unlike))] if unlike else []
     if not labels.any():
-        return CaseReport([], [Flag("no_kidney", "no kidney or tumour voxel was labelled")])
-    midline, body_ap = _body_midline(ct, labels > 0)
+        return CaseReport([], [Flag("no_kidney", "no kidney or tumour voxel was labelled"), *input_flags])
+    midline, body_ap, body_depth = _body_midline(ct, labels > 0)
     # Everything else on the labels' bounding box with a one-voxel border: quick on a whole CT.
     box = bounding_box(labels > 0)
     lo = np.maximum(np.array(box.lo) - 1, 0)
@@ -88,50 +107,63 @@ def measure(labels: np.ndarray, ct: Volume) -> CaseReport:
     affine = ct.affine.copy()
     affine[:3, 3] += affine[:3, :3] @ lo  # the window's first voxel
     regions = cc3d.connected_components(labels > 0, connectivity=26)
-    count = int(regions.max())
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
+    sizes_ml = np.bincount(regions.ravel())[1:] * voxel_ml
     by_side: dict[str, list[int]] = {}
+    counted: dict[str, int] = {}
     flags = []
-    for region in range(1, count + 1):
-        points = _world(affine, np.argwhere(regions == region))
+    for region in range(1, len(sizes_ml) + 1):
+        index = np.argwhere(regions == region)
+        points = _world(affine, index)
         side = _side(points[:, 0], midline)
         by_side.setdefault(side, []).append(region)
-        lateral = abs(float(points[:, 0].mean()) - midline)
-        anterior = float(points[:, 1].mean()) > body_ap
+        if sizes_ml[region - 1] < SPECK_ML:
+            continue
+        counted[side] = counted.get(side, 0) + 1
+        kidney = labels[tuple(index.T)] == KIDNEY
+        centre = points[kidney].mean(axis=0) if kidney.any() else points.mean(axis=0)
+        lateral = abs(float(centre[0]) - midline)
+        anterior = float(centre[1]) - body_ap > ANTERIOR_LIMIT * body_depth
         if side == "both":
             flags.append(Flag("region_across_midline", "one region crosses the body's midline: a horseshoe kidney "
                                                        "(rare), or not a kidney"))
         if (side != "both" and not LATERAL_MM_RANGE[0] <= lateral <= LATERAL_MM_RANGE[1]) or anterior:
             flags.append(Flag("kidney_not_beside_spine",
-                              f"a {side} region's centre is {lateral:.0f} mm from the midline"
-                              f"{' and in the anterior half of the body' if anterior else ''}"))
+                              f"a {side} region's kidney tissue is centred {lateral:.0f} mm from the midline"
+                              f"{' and in the anterior third of the body' if anterior else ''}"))
     sides = []
     for side in sorted(by_side, key=["right", "left", "both"].index):
         members = np.isin(regions, by_side[side])
-        measures = _side_measures(side, len(by_side[side]), labels, members, affine, voxel_ml)
+        measures = _side_measures(side, counted.get(side, 0), labels, members, affine, voxel_ml)
         sides.append(measures)
         if measures.regions > 1:
             flags.append(Flag("several_regions_on_one_side", f"{measures.regions} separate regions on the {side}"))
-        low, high = KIDNEY_ML_RANGE
+        low, high = (2 * v for v in KIDNEY_ML_RANGE) if side == "both" else KIDNEY_ML_RANGE
         if not low <= measures.kidney_ml <= high:
             flags.append(Flag("kidney_volume_out_of_range", f"{side} kidney tissue {measures.kidney_ml:.0f} mL, "
                                                             f"outside the adult range {low:.0f}-{high:.0f} mL"))
-    flags += _tumours_outside_kidney(labels)
-    return CaseReport(sides, flags)
+    flags += _tumours_outside_kidney(labels, voxel_ml)
+    return CaseReport(sides, flags + input_flags)
 
 
 def _side_measures(side: str, count: int, labels: np.ndarray, members: np.ndarray, affine: np.ndarray,
                    voxel_ml: float) -> SideMeasures:
     tumours = cc3d.connected_components((labels == TUMOR) & members, connectivity=26)
     sizes = np.bincount(tumours.ravel())[1:]
-    largest_ml, axial, extent = 0.0, 0.0, (0.0, 0.0, 0.0)
-    if sizes.size:
+    sizes = sizes * (sizes * voxel_ml >= SPECK_ML)  # specks count in tumor_ml only
+    largest_ml, axial, extent, tumour_centre = 0.0, 0.0, (0.0, 0.0, 0.0), None
+    if sizes.any():
         largest = tumours == int(np.argmax(sizes)) + 1
         largest_ml = float(sizes.max()) * voxel_ml
         axial, extent = _axial_diameter_mm(largest, affine), _extent_mm(largest, affine)
+        tumour_centre = _centre_mm(largest, affine)
     return SideMeasures(side, count, float(np.count_nonzero((labels == KIDNEY) & members)) * voxel_ml,
-                        float(np.count_nonzero((labels == TUMOR) & members)) * voxel_ml, int(sizes.size),
-                        largest_ml, axial, extent)
+                        float(np.count_nonzero((labels == TUMOR) & members)) * voxel_ml, int(np.count_nonzero(sizes)),
+                        largest_ml, axial, extent, _centre_mm(members, affine), tumour_centre)
+
+
+def _centre_mm(mask: np.ndarray, affine: np.ndarray) -> tuple[float, float, float]:
+    return tuple(float(v) for v in _world(affine, np.argwhere(mask)).mean(axis=0))
 
 
 def _world(affine: np.ndarray, indices: np.ndarray) -> np.ndarray:
@@ -148,15 +180,15 @@ def _side(x_mm: np.ndarray, midline: float) -> str:
     return "right" if right > 0.5 else "left"
 
 
-def _body_midline(ct: Volume, kidneys: np.ndarray) -> tuple[float, float]:
-    """(mean world x, mean world y) of the body in the axial slices holding the kidneys, on every
-    4th voxel in-plane (enough for a mean, and quick on a 512 x 512 CT)."""
+def _body_midline(ct: Volume, kidneys: np.ndarray) -> tuple[float, float, float]:
+    """(mean world x, mean world y, extent along world y) of the body in the axial slices holding
+    the kidneys, on every 4th voxel in-plane (enough for a mean, and quick on a 512 x 512 CT)."""
     slices = np.flatnonzero(kidneys.any(axis=(0, 1)))
     body = ct.array[::4, ::4, slices] > BODY_HU
     index = np.argwhere(body) * np.array([4, 4, 1])
     index[:, 2] = slices[index[:, 2]]
     points = _world(ct.affine, index)
-    return float(points[:, 0].mean()), float(points[:, 1].mean())
+    return float(points[:, 0].mean()), float(points[:, 1].mean()), float(np.ptp(points[:, 1]))
 
 
 def _axial_diameter_mm(mask: np.ndarray, affine: np.ndarray) -> float:
@@ -190,10 +222,10 @@ def _extent_mm(mask: np.ndarray, affine: np.ndarray) -> tuple[float, float, floa
     return tuple(float(v) for v in np.ptp(points, axis=0) + voxel)
 
 
-def _tumours_outside_kidney(labels: np.ndarray) -> list[Flag]:
+def _tumours_outside_kidney(labels: np.ndarray, voxel_ml: float) -> list[Flag]:
     tumours = cc3d.connected_components(labels == TUMOR, connectivity=26)
     kidney = labels == KIDNEY
-    touching = np.zeros(int(tumours.max()) + 1, bool)
+    touching = np.bincount(tumours.ravel()) * voxel_ml < SPECK_ML  # specks count as touching
     for axis in range(3):  # a tumour voxel with a kidney voxel beside it, along any axis (the border is empty)
         for shift in (1, -1):
             neighbour = np.roll(kidney, shift, axis=axis)

@@ -1,4 +1,5 @@
-"""Pictures for humans: CT slices with segmentation overlays, and training curves (PNG files).
+"""Pictures for humans: CT slices with segmentation overlays (PNG files, or PNG bytes for the QA
+page), and training curves.
 
 Volumes are numpy arrays indexed (X, Y, Z) in RAS+ voxel order, the nibabel convention:
 the X index increases towards the patient's Right, Y towards Anterior, Z towards Superior.
@@ -29,6 +30,9 @@ from kidneyseg.labels import KIDNEY, TUMOR
 HU_WINDOW = (-160.0, 240.0)  # soft-tissue window (level 40, width 400), HU
 _PRED_COLOURS = {KIDNEY: ((0.1, 0.85, 0.25), 0.35), TUMOR: ((1.0, 0.35, 0.0), 0.55)}  # RGB, alpha
 _TRUTH_STYLE = {"kidney_tumor": ("cyan", "kidney+tumour"), "tumor": ("magenta", "tumour")}
+# QA page outlines of the prediction: pure colours, so that a screenshot test can find them.
+QA_OUTLINES = {"kidney_tumor": ("#00ff00", "kidney + tumour"), "tumor": ("#ff0000", "tumour")}
+QA_FIELD_MM = 160.0  # side of the square field each QA view shows around its centre
 _DPI = 110
 
 
@@ -36,8 +40,8 @@ _DPI = 110
 class _Panel:
     """One 2D view as displayed: row 0 is the image top, column 0 the image left."""
 
-    name: str  # "axial" or "coronal"
-    index: int  # slice index along Z (axial) or Y (coronal)
+    name: str  # "axial", "coronal" or "sagittal"
+    index: int  # slice index along Z (axial), Y (coronal) or X (sagittal)
     ct: np.ndarray  # HU, (rows, cols)
     pred: np.ndarray  # labels, (rows, cols)
     truth: np.ndarray | None  # labels, (rows, cols)
@@ -89,6 +93,45 @@ def save_overlay_png(
         fig.suptitle(title, color="white")
     fig.subplots_adjust(left=0.03, right=0.97, bottom=0.1, top=0.9, wspace=0.08)
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=_DPI, facecolor="black"))
+
+
+def qa_views_png(ct_hu: np.ndarray, labels: np.ndarray, spacing_mm: tuple[float, float, float],
+                 centre: tuple[int, int, int], title: str = "") -> bytes:
+    """PNG bytes of the axial, coronal and sagittal slices through voxel ``centre`` (X, Y, Z),
+    each a QA_FIELD_MM square around it, with the outlines of kidney + tumour (green) and tumour
+    (red) of ``labels`` over the CT in the soft-tissue window. Radiological convention as above;
+    sagittal slices have anterior on the left."""
+    from io import BytesIO
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 4.4), facecolor="black")
+    FigureCanvasAgg(fig)
+    for ax, panel in zip(fig.subplots(1, 3), _views(ct_hu, labels, spacing_mm, centre), strict=True):
+        _draw_panel(ax, panel, outlines=True)
+    if title:
+        fig.suptitle(title, color="white")
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.86, wspace=0.04)
+    buffer = BytesIO()
+    fig.savefig(buffer, format="png", dpi=80, facecolor="black")
+    return buffer.getvalue()
+
+
+def _views(ct_hu: np.ndarray, labels: np.ndarray, spacing_mm: tuple[float, float, float],
+           centre: tuple[int, int, int]) -> list[_Panel]:
+    """Axial, coronal and sagittal panels through ``centre``, each cut to QA_FIELD_MM around it."""
+    half = [max(1, round(QA_FIELD_MM / 2 / s)) for s in spacing_mm]
+    window = tuple(slice(max(0, c - h), c + h) for c, h in zip(centre, half, strict=True))
+    x, y, z = centre
+    sx, sy, sz = spacing_mm
+    cuts = {  # (X, Y) / (X, Z) / (Y, Z) planes; rows then flipped to put anterior / superior on top
+        "axial": (lambda a: a[window[0], window[1], z], sy / sx, ("R", "L", "A", "P"), z),
+        "coronal": (lambda a: a[window[0], y, window[2]], sz / sx, ("R", "L", "S", "I"), y),
+        "sagittal": (lambda a: a[x, window[1], window[2]], sz / sy, ("A", "P", "S", "I"), x),
+    }
+    return [_Panel(view, index, cut(ct_hu).T[::-1, ::-1], cut(labels).T[::-1, ::-1], None, aspect, markers)
+            for view, (cut, aspect, markers, index) in cuts.items()]
 
 
 def save_training_curves(rows: list[dict[str, float]], path: Path, title: str = "") -> Path:
@@ -190,27 +233,25 @@ def _foreground_centre(mask: np.ndarray) -> tuple[int, int, int] | None:
     return centre[0], centre[1], centre[2]
 
 
-def _draw_panel(ax: Any, panel: _Panel) -> None:
-    """Draw one view: CT in the soft-tissue window, prediction fills, truth outlines, markers."""
+def _draw_panel(ax: Any, panel: _Panel, outlines: bool = False) -> None:
+    """Draw one view: CT in the soft-tissue window, the prediction as fills (or, with ``outlines``,
+    as solid QA_OUTLINES contours), truth outlines, markers."""
     rows, cols = panel.ct.shape
     window = {"vmin": HU_WINDOW[0], "vmax": HU_WINDOW[1]}
     ax.imshow(panel.ct, cmap="gray", aspect=panel.aspect, interpolation="nearest", **window)
-    overlay = np.zeros((rows, cols, 4), dtype=np.float32)
-    for label, (rgb, alpha) in _PRED_COLOURS.items():
-        overlay[panel.pred == label] = (*rgb, alpha)
-    ax.imshow(overlay, aspect=panel.aspect, interpolation="nearest")
+    if outlines:
+        _contours(ax, panel.pred, {k: (c, "-", 1.6) for k, (c, _) in QA_OUTLINES.items()})
+    else:
+        overlay = np.zeros((rows, cols, 4), dtype=np.float32)
+        for label, (rgb, alpha) in _PRED_COLOURS.items():
+            overlay[panel.pred == label] = (*rgb, alpha)
+        ax.imshow(overlay, aspect=panel.aspect, interpolation="nearest")
     if panel.truth is not None:
-        masks = {"kidney_tumor": panel.truth > 0, "tumor": panel.truth == TUMOR}
-        for region, (colour, _) in _TRUTH_STYLE.items():
-            mask = masks[region]
-            if mask.any() and not mask.all():
-                ax.contour(
-                    mask.astype(np.float32), levels=[0.5], colors=colour, linestyles="--", linewidths=1.2
-                )
+        _contours(ax, panel.truth, {k: (c, "--", 1.2) for k, (c, _) in _TRUTH_STYLE.items()})
     ax.set_xlim(-0.5, cols - 0.5)
     ax.set_ylim(rows - 0.5, -0.5)
     ax.set_axis_off()
-    axis_name = "z" if panel.name == "axial" else "y"
+    axis_name = {"axial": "z", "coronal": "y", "sagittal": "x"}[panel.name]
     ax.set_title(f"{panel.name}  {axis_name}={panel.index}", color="white", fontsize="medium")
     style = {"color": "yellow", "fontsize": "small", "fontweight": "bold", "transform": ax.transAxes}
     left, right, top, bottom = panel.markers
@@ -218,6 +259,15 @@ def _draw_panel(ax: Any, panel: _Panel) -> None:
     ax.text(0.99, 0.5, right, ha="right", va="center", **style)
     ax.text(0.5, 0.99, top, ha="center", va="top", **style)
     ax.text(0.5, 0.01, bottom, ha="center", va="bottom", **style)
+
+
+def _contours(ax: Any, labels: np.ndarray, styles: dict[str, tuple[str, str, float]]) -> None:
+    """Outline kidney + tumour (labels > 0) and tumour (labels == 2) in (colour, line style, width)."""
+    masks = {"kidney_tumor": labels > 0, "tumor": labels == TUMOR}
+    for region, (colour, style, width) in styles.items():
+        mask = masks[region]
+        if mask.any() and not mask.all():
+            ax.contour(mask.astype(np.float32), levels=[0.5], colors=colour, linestyles=style, linewidths=width)
 
 
 def _series(rows: list[dict[str, float]], key: str) -> tuple[list[float], list[float]]:

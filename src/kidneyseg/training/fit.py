@@ -2,7 +2,9 @@
 
 Run folder ``MODEL_DIR/<stage>/``: ``config.json`` (exact settings), ``best.safetensors`` and
 ``last.safetensors`` (weights + settings), ``last_state.pt`` (everything ``--resume`` needs),
-``log.csv`` (one row per epoch) and ``curves.png``.
+``log.csv`` (one row per epoch) and ``curves.png``. Beside the stages: ``MODEL_DIR/pipeline.json``
+(inference settings) and ``MODEL_DIR/data_profile.json`` (the training data's spacing and HU ranges,
+kidneyseg/profile.py).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from kidneyseg.errors import TrainingDivergedError, UsageError
 from kidneyseg.evaluation import dice_from_counts
 from kidneyseg.model import place
 from kidneyseg.outputs import probabilities, to_labels
+from kidneyseg.profile import write_profile
 from kidneyseg.report import save_training_curves
 from kidneyseg.training.augment import make_augment
 from kidneyseg.training.cache import Sample, build_cache
@@ -57,6 +60,7 @@ def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineC
     _prepare_run_dir(run_dir, stage, pipeline, resume, overwrite)
     cases = io.layout.kits_cases(data_dir)
     samples = build_cache(cases, Path(model_dir) / "cache" / stage.stage, stage, pipeline, progress)
+    write_profile(model_dir, cases)  # what inputs to expect, for the report's input_unlike_training flag
     train, val = split_samples(samples, stage.val_fraction, stage.seed)
     torch.manual_seed(stage.seed)
     model = place(build_model(stage), device)
