@@ -77,7 +77,7 @@ def _case_id(path: Path) -> str:
 def predict_inputs(inputs: Path, out_dir: Path, model_dir: Path, *, overwrite: bool = False, tta: bool = False,
                    device: str = "cpu", progress: bool = True, allow_4d: bool = False,
                    series: str | None = None, output_format: str = "nifti", precision: str | None = None,
-                   shard: tuple[int, int] = (1, 1), qa: bool = True) -> PredictSummary:
+                   shard: tuple[int, int] = (1, 1), qa: bool = True, backend: str = "torch") -> PredictSummary:
     """Segment every input into ``out_dir/<case_id>.nii.gz`` (``output_format`` "nifti"), a DICOM
     SEG ``out_dir/<case_id>.seg.dcm`` ("dicom-seg", DICOM inputs only) or both ("both"), with the
     volume report ``<case_id>.report.json`` and, with ``qa``, the QA page ``<case_id>.qa.html`` beside
@@ -85,7 +85,7 @@ def predict_inputs(inputs: Path, out_dir: Path, model_dir: Path, *, overwrite: b
     error); existing outputs are skipped unless ``overwrite``; a full disk
     stops the run. ``shard`` (K, N) takes every N-th input from the K-th on (1-based) of the sorted
     list, so that N jobs of a cluster array split a folder between them; ``precision`` overrides the
-    model's (see ``load_model_dir``)."""
+    model's and ``backend`` "onnxruntime" runs an exported model directory (see ``load_model_dir``)."""
     from kidneyseg.inference import load_model_dir
 
     index, count = shard
@@ -103,7 +103,8 @@ def predict_inputs(inputs: Path, out_dir: Path, model_dir: Path, *, overwrite: b
 
         require_dicom_extra()  # the 'dicom' extra is installed, before any work
     io.check_output_dir(out_dir)
-    model = load_model_dir(model_dir, device=device, precision=precision, **({"tta_flips": True} if tta else {}))
+    model = load_model_dir(model_dir, device=device, precision=precision, backend=backend,
+                           **({"tta_flips": True} if tta else {}))
     summary, start = PredictSummary(), time.perf_counter()
     out_dir = Path(out_dir)
     for case_id, path in tqdm(todo, desc="predict", unit="case", disable=not progress or len(todo) < 2):

@@ -68,11 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", metavar="K/N", type=_shard, default=(1, 1),
                    help="predict every N-th input of the sorted list from the K-th on (1-based), e.g. 3/8 as job 3 "
                         "of a cluster array of 8; the shards together write what one run would")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                   help="run the networks in PyTorch (a model directory from 'train') or in ONNX Runtime (a directory "
+                        "from 'kidneyseg export ... --format onnx'; fp32, CPU)")
     p.add_argument("--no-qa", action="store_true", help="do not write the QA page OUT_DIR/<case_id>.qa.html "
                    "(slices with outlines, the volume report, flags and warnings; written by default)")
     p.add_argument("--series", metavar="UID", help="in a DICOM folder holding several series, the one to segment "
                                                      "(without it such a folder is refused with a list of them)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+
+    p = sub.add_parser("export", help="write a model directory's networks as ONNX, for predict --backend onnxruntime",
+                       epilog=EPILOG)
+    p.add_argument("model", type=Path, help="model directory written by 'kidneyseg train'")
+    p.add_argument("out", type=Path,
+                   help="a new folder: localizer.onnx, segmenter.onnx, pipeline.json, data_profile.json")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default onnx)")
 
     p = sub.add_parser("evaluate", help="KiTS19 Dice scores of predictions against ground truth", epilog=EPILOG)
     p.add_argument("pred_dir", type=Path, help="folder of <case_id>.nii.gz predictions")
@@ -161,7 +171,7 @@ def _predict(args) -> int:
     summary = predict_inputs(args.input, args.out_dir, args.model, overwrite=args.overwrite, tta=args.tta,
                              device=args.device, allow_4d=args.allow_4d, series=args.series,
                              output_format=args.output_format, precision=args.precision, shard=args.shard,
-                             qa=not args.no_qa)
+                             qa=not args.no_qa, backend=args.backend)
     if summary.written:
         print(format_report(args.out_dir, summary.written))
         print(f"volume reports: {args.out_dir}/<case_id>.report.json and {args.out_dir}/report.csv")
@@ -169,6 +179,14 @@ def _predict(args) -> int:
             print(f"QA pages (open in a browser): {args.out_dir}/<case_id>.qa.html")
     print(summary.describe())
     return summary.exit_code()
+
+
+def _export(args) -> int:
+    from kidneyseg.export import export_onnx
+
+    out = export_onnx(args.model, args.out)
+    print(f"exported to {out}; predict with: kidneyseg predict INPUT OUT_DIR --model {out} --backend onnxruntime")
+    return 0
 
 
 def _evaluate(args) -> int:
@@ -203,8 +221,8 @@ def _positive(value: int, name: str) -> None:
         raise UsageError(f"{name} must be at least 1, got {value}")
 
 
-_COMMANDS = {"check": _check, "synth": _synth, "train": _train, "predict": _predict, "evaluate": _evaluate,
-             "demo": _demo}
+_COMMANDS = {"check": _check, "synth": _synth, "train": _train, "predict": _predict, "export": _export,
+             "evaluate": _evaluate, "demo": _demo}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 from kidneyseg import io
-from kidneyseg.config import PipelineConfig, StageConfig, differences, pipeline_from_dict
+from kidneyseg.config import PipelineConfig, StageConfig, differences, pipeline_from_dict, stage_from_dict
 from kidneyseg.errors import ModelFileError, UsageError
 from kidneyseg.geometry import Box, crop, paste_max, resize_image, resize_labels
 from kidneyseg.model import place
 from kidneyseg.outputs import probabilities, to_labels
 from kidneyseg.postprocess import clean_labels, kidney_boxes
-from kidneyseg.preprocess import normalize_ct
+from kidneyseg.preprocess import clipped_stats, normalize_ct
 from kidneyseg.profile import read_profile
 from kidneyseg.training.checkpoint import load_model, run_pipeline
 from kidneyseg.training.fit import autocast
@@ -45,8 +45,10 @@ class TwoStageModel:
     data_profile: dict | None = None  # the training data's ranges (kidneyseg.profile), None if not recorded
 
     def __post_init__(self) -> None:
-        self.localizer = place(self.localizer, self.device)  # on the device, channels-last on CPUs
-        self.segmenter = place(self.segmenter, self.device)
+        if isinstance(self.localizer, torch.nn.Module):  # PyTorch (not an ONNX Runtime session)
+            self.localizer = place(self.localizer, self.device)  # on the device, channels-last on CPUs
+        if isinstance(self.segmenter, torch.nn.Module):
+            self.segmenter = place(self.segmenter, self.device)
 
 
 @dataclass
@@ -64,15 +66,21 @@ class Segmentation:
 
 
 def load_model_dir(model_dir: str | Path, device: str = "cpu", precision: str | None = None,
-                   **pipeline_overrides) -> TwoStageModel:
+                   backend: str = "torch", **pipeline_overrides) -> TwoStageModel:
     """Load ``model_dir/{localizer,segmenter}/best.safetensors``, ``model_dir/pipeline.json`` and, where
     training wrote it, ``model_dir/data_profile.json``.
 
     ``precision`` ("fp32" or "bf16") replaces the precision the stages were trained with for
     prediction; bf16 falls back to fp32, with a warning, on a CPU without bf16 support.
-    ``pipeline_overrides`` replace pipeline settings (e.g. ``tta_flips=True``).
+    ``pipeline_overrides`` replace pipeline settings (e.g. ``tta_flips=True``). ``backend``
+    "onnxruntime" loads a directory written by ``kidneyseg export`` (kidneyseg.export): the networks
+    run in ONNX Runtime, in fp32, on the CPU.
     """
     model_dir = Path(model_dir)
+    if backend not in ("torch", "onnxruntime"):
+        raise UsageError(f"backend must be torch or onnxruntime, got {backend!r}")
+    if backend == "onnxruntime":
+        return _load_onnx_dir(model_dir, device, precision, pipeline_overrides)
     pipeline_path = model_dir / "pipeline.json"
     if not pipeline_path.is_file():
         raise ModelFileError("not a model directory (pipeline.json missing); train both stages into it first",
@@ -93,6 +101,27 @@ def load_model_dir(model_dir: str | Path, device: str = "cpu", precision: str | 
     if precision is not None:
         loc_cfg, seg_cfg = replace(loc_cfg, precision=precision), replace(seg_cfg, precision=precision)
     return TwoStageModel(loc, loc_cfg, seg, seg_cfg, pipeline, device, read_profile(model_dir))
+
+
+def _load_onnx_dir(model_dir: Path, device: str, precision: str | None, overrides: dict) -> TwoStageModel:
+    from kidneyseg.export import OnnxNetwork, require_onnx_extra
+
+    require_onnx_extra("onnxruntime")
+    if torch.device(device).type != "cpu" or precision == "bf16":
+        raise UsageError("the onnxruntime backend runs in fp32 on the CPU; drop --device/--precision bf16")
+    pipeline_path = model_dir / "pipeline.json"
+    networks = [model_dir / f"{stage}.onnx" for stage in ("localizer", "segmenter")]
+    for path in (pipeline_path, *networks):
+        if not path.is_file():
+            raise ModelFileError(f"not an exported model directory ({path.name} missing); write one with "
+                                 "'kidneyseg export MODEL_DIR OUT --format onnx'", model_dir)
+    try:
+        pipeline = replace(pipeline_from_dict(json.loads(pipeline_path.read_text())), **overrides)
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(f"unreadable pipeline settings ({exc})", pipeline_path) from exc
+    loc, seg = (OnnxNetwork(path) for path in networks)
+    loc_cfg, seg_cfg = (replace(stage_from_dict(net.stage_dict), precision="fp32") for net in (loc, seg))
+    return TwoStageModel(loc, loc_cfg, seg, seg_cfg, pipeline, "cpu", read_profile(model_dir))
 
 
 def supported_precision(precision: str | None, device: str) -> str | None:
@@ -135,12 +164,18 @@ def segment(ct: str | Path | io.Volume | np.ndarray, model: TwoStageModel | str 
     volume = _as_volume(ct, affine)
     cfg, timings = model.pipeline, {"network": 0.0}
     start = time.perf_counter()
-    norm = normalize_ct(volume.array, cfg.hu_min, cfg.hu_max)
-    boxes = localize(norm, volume.spacing_mm, model, timings) if boxes is None else list(boxes)
-    labels = np.zeros(norm.shape, dtype=np.uint8)
-    pad_value = float(norm.min())
+    # The whole CT is normalised only to be zoomed for the localizer, and that copy is dropped before
+    # the network runs; each crop is normalised on its own with the whole CT's statistics (the same
+    # values, elementwise). At most one float32 copy of a CT beside it: 3 GiB for 512 x 512 x 1,000.
+    stats = clipped_stats(volume.array, cfg.hu_min, cfg.hu_max)
+    if boxes is None:
+        zoomed = resize_image(normalize_ct(volume.array, cfg.hu_min, cfg.hu_max, stats),
+                              model.localizer_config.input_size)
+        boxes = localize(zoomed, volume.array.shape, volume.spacing_mm, model, timings)
+    pad_hu = float(volume.array.min())  # outside the CT: its lowest value, normalised like the rest
+    labels = np.zeros(volume.array.shape, dtype=np.uint8)
     for box in boxes:
-        patch = crop(norm, box, pad_value)
+        patch = normalize_ct(crop(volume.array, box, pad_hu), cfg.hu_min, cfg.hu_max, stats)
         paste_max(labels, _segment_patch(patch, model, timings), box)
     if not boxes:
         warnings.warn(f"{volume.name}: no kidney found; the output is all background", stacklevel=2)
@@ -149,12 +184,13 @@ def segment(ct: str | Path | io.Volume | np.ndarray, model: TwoStageModel | str 
     return Segmentation(labels, volume, boxes, timings)
 
 
-def localize(norm: np.ndarray, spacing_mm: tuple[float, float, float], model: TwoStageModel,
-             timings: dict[str, float]) -> list[Box]:
-    """Stage 1 on the normalised CT (X, Y, Z): one paper crop box per kept kidney region."""
+def localize(zoomed: torch.Tensor, shape: tuple[int, int, int], spacing_mm: tuple[float, float, float],
+             model: TwoStageModel, timings: dict[str, float]) -> list[Box]:
+    """Stage 1 on the normalised CT zoomed to the localizer's input (1, X, Y, Z): one paper crop box
+    per kept kidney region of the CT's grid ``shape``."""
     stage = model.localizer_config
-    probs = _predict(model.localizer, resize_image(norm, stage.input_size), model, stage, timings)
-    return kidney_boxes(resize_labels(to_labels(probs, stage.regions), norm.shape), model.pipeline, spacing_mm)
+    probs = _predict(model.localizer, zoomed, model, stage, timings)
+    return kidney_boxes(resize_labels(to_labels(probs, stage.regions), shape), model.pipeline, spacing_mm)
 
 
 def _segment_patch(patch: np.ndarray, model: TwoStageModel, timings: dict[str, float]) -> np.ndarray:
