@@ -119,6 +119,11 @@ def test_specks_and_bulging_tumours_raise_no_flag():
     assert right.regions == 1 and right.kidney_ml == pytest.approx((27 * 34 * 33 + 12) * VOXEL_ML)
     assert {s.side: s for s in report.sides}["left"].tumors == 0  # a speck is not a tumour
 
+    one_and_a_speck = labels.copy()
+    one_and_a_speck[:120] = 0  # the right kidney alone ...
+    one_and_a_speck[60:62, 80:82, 40:42] = 1  # ... and a speck on the left: no 0 mL "left kidney" flagged
+    assert measure(one_and_a_speck, volume).flags == []
+
     bulging = labels.copy()
     bulging[25:80, 97:168, 5:58] = 2  # a 1.4 L tumour growing forward from the left kidney (KiTS19 has such)
     left = np.argwhere(bulging[:120] > 0)
