@@ -5,8 +5,9 @@
 
 1. Renders a CT around each of the 180 label maps in ../shared/data/kits19-labels (fixed seed,
    cached in WORK/rendered), using the fixed 150/30 split in benchmarks/kits19_split.json.
-2. Trains both stages on the 150 training cases with a CPU preset under a total training budget
-   (a third for the localizer, the rest for the segmenter); the model stays in WORK/model-TAG.
+2. Trains both stages on the 150 training cases with a CPU preset under a total training budget,
+   split between the stages as the preset splits its own minutes (small: a quarter for the
+   localizer); the model stays in WORK/model-TAG.
 3. Predicts the 30 validation cases at full resolution through the real ``segment`` path and
    scores them: kidney+tumour, tumour and kidney Dice (mean and per case), localization recall
    (share of true kidney+tumour voxels inside the predicted boxes), stage-2 Dice with
@@ -153,7 +154,11 @@ def shared_cache(work: Path, model_dir: Path, name: str = "cache") -> None:
 def train(train_dir: Path, model_dir: Path, args) -> dict[str, float]:
     chosen, timings = preset(args.preset), {}
     shared_cache(args.work, model_dir)
-    for name, share in (("localizer", 1 / 3), ("segmenter", 2 / 3)):
+    # The budget is split as the preset splits its own minutes (small: a quarter for the localizer).
+    minutes = {name: chosen.stage(name).max_minutes for name in ("localizer", "segmenter")}
+    total = sum(minutes.values())
+    for name in ("localizer", "segmenter"):
+        share = minutes[name] / total if total else 0.5
         stage, pipeline = override_preset(chosen, name, [f"max_minutes={args.minutes * share}", "epochs=100000",
                                                          *args.overrides])
         start = time.perf_counter()

@@ -26,7 +26,7 @@ from kidneyseg.config import pipeline_from_dict
 from kidneyseg.evaluation import case_scores
 from kidneyseg.inference import TwoStageModel, load_model_dir, segment, supported_precision
 from kidneyseg.postprocess import kidney_boxes
-from kidneyseg.training.checkpoint import build_model, load_model
+from kidneyseg.weights import build_model, load_model
 
 REGIONS = ("kidney_tumor", "tumor")
 

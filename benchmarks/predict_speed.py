@@ -46,7 +46,7 @@ from kidneyseg.geometry import resize_labels
 from kidneyseg.inference import TwoStageModel, segment, supported_precision
 from kidneyseg.preprocess import normalize_ct
 from kidneyseg.synthetic import make_phantom
-from kidneyseg.training.checkpoint import build_model
+from kidneyseg.weights import build_model
 
 # nnU-Net's KiTS19 3d_fullres plan (Isensee et al.), in this project's (X, Y, Z) axis order.
 PEER_SPACING_MM = (1.62, 1.62, 3.22)

@@ -44,8 +44,8 @@ from kidneyseg.evaluation import case_scores
 from kidneyseg.inference import TwoStageModel, segment
 from kidneyseg.postprocess import kidney_boxes
 from kidneyseg.training.cache import build_cache, fingerprint
-from kidneyseg.training.checkpoint import build_model, load_model
 from kidneyseg.training.fit import fit
+from kidneyseg.weights import build_model, load_model
 
 HERE = Path(__file__).resolve().parent
 # Each row: the segmenter settings it changes from the small preset (its loss is Dice + cross-entropy).

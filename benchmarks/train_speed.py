@@ -20,9 +20,9 @@ import torch
 
 from kidneyseg.config import preset
 from kidneyseg.model import place
-from kidneyseg.training.checkpoint import build_model
-from kidneyseg.training.fit import autocast, train_step
+from kidneyseg.training.fit import train_step
 from kidneyseg.training.losses import make_loss
+from kidneyseg.weights import autocast, build_model
 
 VARIANTS = [(precision, layout) for precision in ("fp32", "bf16") for layout in ("default", "channels-last")]
 

@@ -3,29 +3,47 @@
 from dataclasses import replace
 
 import numpy as np
-import torch
 from conftest import micro_stage
 
-from kidneyseg.training.augment import augment, make_augment
+from kidneyseg.geometry import Box
+from kidneyseg.stage_input import Source, stage_image, stage_labels
+from kidneyseg.training.augment import draw_warp
 
 
 def test_rotation_and_flips_move_image_and_label_together():
     """An L-shaped object on an asymmetric grid: the label is the image's own support, so after
-    any flip and rotation the image (bilinear) thresholded at 0.5 must give the label (nearest),
+    any flip and rotation the image (trilinear) thresholded at 0.5 must give the label (nearest),
     up to the object's rim; a label rotated about other axes, or flipped alone, would not."""
     shape = (40, 28, 12)
     label = np.zeros(shape, np.float32)
     label[8:30, 6:12, 3:9] = 1
     label[8:14, 6:22, 3:9] = 1
-    image, target = torch.from_numpy(label)[None], torch.from_numpy(label)[None]
-    stage = replace(micro_stage("segmenter"), flip_prob=0.5, rotate_deg=30.0, intensity_prob=0.0)
+    box = Box((0, 0, 0), shape)
+    stage = replace(micro_stage("segmenter"), flip_prob=0.5, rotate_deg=30.0, translate_vox=2)
     moved = 0
     for seed in range(6):
-        out_image, out_label = augment(make_augment(stage), image, target, np.random.RandomState(seed))
+        warp = draw_warp(stage, np.random.RandomState(seed))
+        out_image = stage_image(Source(label), box, shape, (0.8, 0.8, 2.0), warp)
+        out_label = stage_labels(Source(label.astype(np.uint8)), box, shape, (0.8, 0.8, 2.0), warp)
         assert out_image.shape == out_label.shape == (1, *shape)
-        inside, truth = (out_image[0] > 0.5).numpy(), out_label[0].round().numpy().astype(bool)
+        inside, truth = (out_image[0] > 0.5).numpy(), out_label[0].numpy().astype(bool)
         disagree = np.count_nonzero(inside != truth)
         assert disagree <= 0.05 * np.count_nonzero(truth), (seed, disagree)
         assert abs(np.count_nonzero(truth) - label.sum()) <= 0.1 * label.sum()  # rotated, not resized
         moved += not np.array_equal(truth, label.astype(bool))
     assert moved == 6  # every draw changed the object (a rotation of up to 30 degrees at least)
+
+
+def test_rotation_is_rigid_in_millimetres_on_anisotropic_voxels():
+    """A disc of radius 10 mm drawn on 0.5 x 1.0 mm voxels stays a disc of the same area when rotated
+    by 45 degrees; rotating voxel indices instead would shear it into an ellipse of another shape."""
+    spacing = (0.5, 1.0, 1.0)
+    x, y = np.meshgrid((np.arange(80) - 39.5) * 0.5, np.arange(40) - 19.5, indexing="ij")
+    disc = (x**2 + y**2 <= 100).astype(np.uint8)[..., None].repeat(4, axis=2)
+    box = Box((0, 0, 0), disc.shape)
+    from kidneyseg.stage_input import Warp
+
+    turned = stage_labels(Source(disc), box, disc.shape, spacing, Warp(rotate_rad=np.pi / 4))[0].numpy()
+    assert abs(int(turned.sum()) - int(disc.sum())) <= 0.03 * disc.sum()
+    extent_x = np.ptp(np.flatnonzero(turned[:, 20, 0])) * 0.5
+    assert 18 <= extent_x <= 21  # still 20 mm across along X

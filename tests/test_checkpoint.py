@@ -10,7 +10,8 @@ from safetensors.torch import load_file, save_file
 from kidneyseg.config import override, preset, to_dict
 from kidneyseg.errors import ModelFileError
 from kidneyseg.model import place
-from kidneyseg.training.checkpoint import build_model, load_model, load_state, save_state, save_weights
+from kidneyseg.training.checkpoint import load_state, save_state
+from kidneyseg.weights import build_model, load_model, save_weights
 
 
 def _stage():

@@ -6,7 +6,7 @@ import torch
 from kidneyseg.config import preset
 from kidneyseg.model import IsenseeUNet
 from kidneyseg.outputs import probabilities, region_targets, to_labels
-from kidneyseg.training.checkpoint import build_model
+from kidneyseg.weights import build_model
 
 
 def test_region_rule_puts_tumour_only_inside_kidney_plus_tumour():

@@ -149,7 +149,7 @@ def test_stage_two_output_returns_to_the_crop_along_the_right_axes(resize_probab
     from kidneyseg.inference import _segment_patch
 
     model = _ramp_model(tta_flips=False, resize_probabilities=resize_probabilities)
-    labels = _segment_patch(np.zeros((30, 20, 12), np.float32), model, {"network": 0.0})
+    labels = _segment_patch(torch.zeros(1, 48, 40, 32), (30, 20, 12), model, {"network": 0.0})
     assert labels.shape == (30, 20, 12)
     assert np.all(labels[15:] == 2) and np.all(labels[:15] == 1)
 
@@ -188,3 +188,14 @@ def test_prediction_precision_overrides_the_trained_one(trained_model, monkeypat
     with pytest.warns(UserWarning, match="no bf16 support"):
         fallback = load_model_dir(trained_model, precision="bf16")
     assert fallback.segmenter_config.precision == "fp32"
+
+
+def test_prediction_never_imports_the_training_package():
+    """Layers point one way: inference, folder prediction and export use kidneyseg.weights, not training."""
+    import subprocess
+    import sys
+
+    code = ("import sys, kidneyseg.inference, kidneyseg.batch, kidneyseg.export, kidneyseg.cli\n"
+            "print(sorted(m for m in sys.modules if m.startswith('kidneyseg.training')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

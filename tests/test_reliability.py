@@ -18,12 +18,13 @@ from conftest import MICRO, micro_stage
 from safetensors.torch import load_file
 
 from kidneyseg import io
+from kidneyseg import weights as weights_module
 from kidneyseg.config import preset
 from kidneyseg.errors import InvalidInputError, ResourceError, TrainingDivergedError
-from kidneyseg.training import checkpoint
 from kidneyseg.training import fit as fit_module
-from kidneyseg.training.checkpoint import load_model, load_state
+from kidneyseg.training.checkpoint import load_state
 from kidneyseg.training.fit import fit
+from kidneyseg.weights import load_model
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -74,8 +75,10 @@ def test_check_reports_every_bad_case(phantom_dir, tmp_path):
 
 
 def _train_args(data: Path, out: Path, epochs: int) -> list[str]:
+    """A micro segmenter run whose inputs two worker processes prepare."""
     sets = [arg for item in MICRO if not item.startswith("epochs") for arg in ("--set", item)]
-    return ["train", data, "--stage", "segmenter", "--preset", "tiny", "--out", out, "--epochs", str(epochs), *sets]
+    return ["train", data, "--stage", "segmenter", "--preset", "tiny", "--out", out, "--epochs", str(epochs),
+            "--workers", "2", *sets]
 
 
 def test_sigkill_during_training_then_resume_matches_uninterrupted_run(phantom_dir, tmp_path):
@@ -144,7 +147,7 @@ def test_disk_full_while_saving_a_checkpoint(phantom_dir, tmp_path, monkeypatch)
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(checkpoint, "save_file", no_space)
+    monkeypatch.setattr(weights_module, "save_file", no_space)
     with pytest.raises(ResourceError, match="no space left") as info:
         fit(phantom_dir, tmp_path, micro_stage("localizer", "epochs=2"), pipeline, resume=True, progress=False)
     assert info.value.exit_code == 5

@@ -157,7 +157,7 @@ def test_code_hash_covers_the_preprocessing_source():
 _LIMITED = """
 import resource, sys
 from kidneyseg import cli
-import kidneyseg.batch, kidneyseg.inference, nibabel, torch  # what predict imports, before the limit
+import kidneyseg.batch, kidneyseg.inference, kidneyseg.measure, kidneyseg.report, nibabel, torch  # what predict imports
 vm = int([l for l in open("/proc/self/status") if l.startswith("VmSize")][0].split()[1]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (vm + 60 * 2**20, resource.RLIM_INFINITY))
 sys.exit(cli.main(["predict", sys.argv[1], sys.argv[2], "--model", sys.argv[3]]))

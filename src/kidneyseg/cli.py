@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any setting, e.g. --set lr=1e-3 --set network.base_filters=8 "
                         "--set pipeline.min_box_vox=32")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--workers", type=int,
+                   help="processes preparing the training inputs (default: one per core beyond the first, at most "
+                        "4; 0 = in the training process); the trained weights are the same for any number")
 
     p = sub.add_parser("predict", help="segment a CT file, DICOM folder or KiTS-layout folder", epilog=EPILOG)
     p.add_argument("input", type=Path, help="a .nii/.nii.gz CT, a DICOM series folder, or a folder of cases")
@@ -159,7 +162,7 @@ def _train(args) -> int:
              if v is not None]
     stage, pipeline = override_preset(preset(args.preset), args.stage, extra + args.overrides)
     result = fit(args.data, args.out, stage, pipeline, resume=args.resume, overwrite=args.overwrite,
-                 device=args.device)
+                 device=args.device, workers=args.workers)
     print(f"{args.stage}: {result.epochs_done} epochs, {result.minutes:.1f} min, best validation Dice "
           f"{result.best_val_dice:.3f}; weights in {result.run_dir}")
     return 0

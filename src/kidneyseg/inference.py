@@ -22,14 +22,14 @@ import torch
 from kidneyseg import io
 from kidneyseg.config import PipelineConfig, StageConfig, differences, pipeline_from_dict, stage_from_dict
 from kidneyseg.errors import ModelFileError, UsageError
-from kidneyseg.geometry import Box, crop, paste_max, resize_image, resize_labels
+from kidneyseg.geometry import Box, paste_max, resize_image, resize_labels
 from kidneyseg.model import place
 from kidneyseg.outputs import probabilities, to_labels
 from kidneyseg.postprocess import clean_labels, kidney_boxes
-from kidneyseg.preprocess import clipped_stats, normalize_ct
+from kidneyseg.preprocess import clipped_stats
 from kidneyseg.profile import read_profile
-from kidneyseg.training.checkpoint import load_model, run_pipeline
-from kidneyseg.training.fit import autocast
+from kidneyseg.stage_input import Source, stage_image
+from kidneyseg.weights import autocast, load_model, run_pipeline
 
 
 @dataclass
@@ -164,19 +164,20 @@ def segment(ct: str | Path | io.Volume | np.ndarray, model: TwoStageModel | str 
     volume = _as_volume(ct, affine)
     cfg, timings = model.pipeline, {"network": 0.0}
     start = time.perf_counter()
-    # The whole CT is normalised only to be zoomed for the localizer, and that copy is dropped before
-    # the network runs; each crop is normalised on its own with the whole CT's statistics (the same
-    # values, elementwise). At most one float32 copy of a CT beside it: 3 GiB for 512 x 512 x 1,000.
-    stats = clipped_stats(volume.array, cfg.hu_min, cfg.hu_max)
+    # Both stages' inputs come from kidneyseg.stage_input, as in training: the localizer's from the
+    # whole CT normalised (the one float32 copy of a CT beside it: 3 GiB for 512 x 512 x 1,000, dropped
+    # before the network runs), each crop's from its own block, normalised with the whole CT's
+    # statistics (the same values, elementwise); outside the CT its lowest value, normalised alike.
+    source = Source(volume.array, pad=float(volume.array.min()),
+                    window=(cfg.hu_min, cfg.hu_max, *clipped_stats(volume.array, cfg.hu_min, cfg.hu_max)))
     if boxes is None:
-        zoomed = resize_image(normalize_ct(volume.array, cfg.hu_min, cfg.hu_max, stats),
-                              model.localizer_config.input_size)
+        whole = Box((0, 0, 0), volume.array.shape)
+        zoomed = stage_image(source, whole, model.localizer_config.input_size)
         boxes = localize(zoomed, volume.array.shape, volume.spacing_mm, model, timings)
-    pad_hu = float(volume.array.min())  # outside the CT: its lowest value, normalised like the rest
     labels = np.zeros(volume.array.shape, dtype=np.uint8)
     for box in boxes:
-        patch = normalize_ct(crop(volume.array, box, pad_hu), cfg.hu_min, cfg.hu_max, stats)
-        paste_max(labels, _segment_patch(patch, model, timings), box)
+        x = stage_image(source, box, model.segmenter_config.input_size)
+        paste_max(labels, _segment_patch(x, box.size_vox, model, timings), box)
     if not boxes:
         warnings.warn(f"{volume.name}: no kidney found; the output is all background", stacklevel=2)
     labels = clean_labels(labels, cfg.min_region_fraction)
@@ -193,13 +194,14 @@ def localize(zoomed: torch.Tensor, shape: tuple[int, int, int], spacing_mm: tupl
     return kidney_boxes(resize_labels(to_labels(probs, stage.regions), shape), model.pipeline, spacing_mm)
 
 
-def _segment_patch(patch: np.ndarray, model: TwoStageModel, timings: dict[str, float]) -> np.ndarray:
-    """Stage 2 on one crop: labels (uint8) on the crop's own grid."""
+def _segment_patch(x: torch.Tensor, crop_shape: tuple[int, int, int], model: TwoStageModel,
+                   timings: dict[str, float]) -> np.ndarray:
+    """Stage 2 on one crop's network input (1, X, Y, Z): labels (uint8) on the crop's own grid."""
     stage = model.segmenter_config
-    probs = _predict(model.segmenter, resize_image(patch, stage.input_size), model, stage, timings)
+    probs = _predict(model.segmenter, x, model, stage, timings)
     if model.pipeline.resize_probabilities:
-        return to_labels(resize_image(probs, patch.shape), stage.regions)
-    return resize_labels(to_labels(probs, stage.regions), patch.shape)
+        return to_labels(resize_image(probs, crop_shape), stage.regions)
+    return resize_labels(to_labels(probs, stage.regions), crop_shape)
 
 
 @torch.inference_mode()

@@ -1,8 +1,11 @@
-"""The preprocessing cache: every case decoded, validated and normalised once, stored as .npy.
+"""The preprocessing cache: every case decoded and validated once, stored as .npy.
 
-Stage 1 stores each whole CT at the localizer's input size; stage 2 stores, for each kidney
-of the ground truth, the paper's crop box plus ``translate_vox`` spare voxels on every side
-(for translation jitter) at full resolution. The index records a fingerprint of the settings,
+Stage 1 stores each whole CT normalised and zoomed to the localizer's input size (float32, exactly
+what inference feeds the localizer). Stage 2 stores, for each kidney of the ground truth, the CT's
+raw values (its own dtype) on the paper's crop box plus enough spare voxels on every side for the
+translation jitter and the axial rotation, with the whole CT's normalisation statistics, so that a
+training draw is one interpolation of full-resolution data (kidneyseg.stage_input) and an
+un-augmented draw equals inference's input for that box bitwise. The index records a fingerprint of the settings,
 the source files' sizes and times, and the source code of every module that shapes the cached
 arrays; a cache whose fingerprint differs (a setting, a file or that code changed) is rebuilt.
 """
@@ -22,28 +25,44 @@ from tqdm import tqdm
 from kidneyseg import io
 from kidneyseg.config import PipelineConfig, StageConfig
 from kidneyseg.errors import InvalidInputError
-from kidneyseg.geometry import Box, crop, resize_image, resize_labels
+from kidneyseg.geometry import Box, crop
 from kidneyseg.postprocess import kidney_boxes
-from kidneyseg.preprocess import normalize_ct
+from kidneyseg.preprocess import clipped_stats, normalize_ct
+from kidneyseg.stage_input import Source, stage_image, stage_labels
 
 # The modules whose code decides what the cache holds: reading and validating files, normalising,
 # boxes, cropping and resizing, and this module. A change to any of them rebuilds every cache.
-CODE_MODULES = ("kidneyseg.training.cache", "kidneyseg.preprocess", "kidneyseg.geometry", "kidneyseg.postprocess",
-                "kidneyseg.labels", "kidneyseg.io", "kidneyseg.io.nifti", "kidneyseg.io.volume",
-                "kidneyseg.io.validate")
+CODE_MODULES = ("kidneyseg.training.cache", "kidneyseg.preprocess", "kidneyseg.stage_input", "kidneyseg.geometry",
+                "kidneyseg.postprocess", "kidneyseg.labels", "kidneyseg.io", "kidneyseg.io.nifti",
+                "kidneyseg.io.volume", "kidneyseg.io.validate")
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One training sample in the cache: arrays (X, Y, Z) and, for stage 2, the crop box
-    inside the stored region (the region has ``translate_vox`` spare voxels around it).
-    ``has_tumor``: the sample's label contains tumour (class 2)."""
+    """One training sample in the cache: image and label arrays (X, Y, Z) holding the voxels
+    [origin, origin + shape) of their grid (stage 1: the zoomed CT; stage 2: the CT), the ``box``
+    the network sees on that grid (stage 1: the whole zoom; stage 2: the paper's crop box), the
+    value outside the stored voxels (``pad``), the normalisation ``window`` (hu_min, hu_max, mean,
+    std; None: stored normalised) and the grid's ``spacing_mm``. ``has_tumor``: the label contains
+    tumour (class 2)."""
 
     case_id: str
     image: Path
     label: Path
-    box: Box | None = None
+    box: Box
+    origin: tuple[int, int, int] = (0, 0, 0)
+    pad: float = 0.0
+    window: tuple[float, float, float, float] | None = None
+    spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
     has_tumor: bool = False
+
+    @property
+    def image_source(self) -> Source:
+        return Source(np.load(self.image, mmap_mode="r"), self.origin, self.pad, self.window)
+
+    @property
+    def label_source(self) -> Source:
+        return Source(np.load(self.label, mmap_mode="r"), self.origin, 0)
 
 
 def fingerprint(cases: list[io.layout.Case], stage: StageConfig, pipeline: PipelineConfig) -> dict:
@@ -53,7 +72,7 @@ def fingerprint(cases: list[io.layout.Case], stage: StageConfig, pipeline: Pipel
     else:
         relevant.update(margin_vox=pipeline.margin_vox, min_box_vox=pipeline.min_box_vox, margin_mm=pipeline.margin_mm,
                         min_box_mm=pipeline.min_box_mm, min_region_fraction=pipeline.min_region_fraction,
-                        translate_vox=stage.translate_vox)
+                        translate_vox=stage.translate_vox, rotate_deg=stage.rotate_deg)
     files = [[c.case_id, *(_stat(p) for p in (c.image, c.label))] for c in cases]
     relevant["files"] = hashlib.sha256(json.dumps(files).encode()).hexdigest()
     return relevant
@@ -95,12 +114,15 @@ def build_cache(cases: list[io.layout.Case], cache_dir: Path, stage: StageConfig
         except InvalidInputError as exc:
             failures.append(str(exc))
             continue
-        norm = normalize_ct(image.array, pipeline.hu_min, pipeline.hu_max)
+        window = (pipeline.hu_min, pipeline.hu_max, *clipped_stats(image.array, pipeline.hu_min, pipeline.hu_max))
+        source = Source(image.array, pad=float(image.array.min()), window=window)
         if stage.stage == "localizer":
-            records.append(_cache_whole(cache_dir, case.case_id, norm, labels.array, stage.input_size))
+            records.append(_cache_whole(cache_dir, case.case_id, source, labels.array, image.spacing_mm,
+                                        stage.input_size))
         else:
             boxes = kidney_boxes(labels.array > 0, pipeline, image.spacing_mm)
-            records.extend(_cache_kidneys(cache_dir, case.case_id, norm, labels.array, boxes, stage.translate_vox))
+            records.extend(_cache_kidneys(cache_dir, case.case_id, source, labels.array, boxes, image.spacing_mm,
+                                          stage))
     if failures:
         shutil.rmtree(cache_dir)
         raise InvalidInputError(f"{len(failures)} of {len(cases)} cases failed the input checks (run "
@@ -109,41 +131,61 @@ def build_cache(cases: list[io.layout.Case], cache_dir: Path, stage: StageConfig
     return _read_index(index_path)
 
 
-def _cache_whole(cache_dir: Path, case_id: str, norm: np.ndarray, labels: np.ndarray, size) -> dict:
-    image = resize_image(norm, size)[0].numpy().astype(np.float16)
-    target = resize_labels((labels > 0).astype(np.uint8), size)
-    return _save(cache_dir, case_id, image, target, None)
+def _cache_whole(cache_dir: Path, case_id: str, source: Source, labels: np.ndarray,
+                 spacing_mm: tuple[float, float, float], size) -> dict:
+    """The whole CT as the localizer sees it: normalised, zoomed to ``size`` (float32)."""
+    whole = Box((0, 0, 0), tuple(labels.shape))
+    image = stage_image(source, whole, size)[0].numpy()
+    target = stage_labels(Source((labels > 0).astype(np.uint8)), whole, size)[0].numpy().astype(np.uint8)
+    hu_min, hu_max, mean, std = source.window
+    outside = float(normalize_ct(np.array([source.pad]), hu_min, hu_max, (mean, std))[0])  # air beyond the CT
+    zoom_spacing = tuple(float(s * n / m) for s, n, m in zip(spacing_mm, labels.shape, size, strict=True))
+    return _save(cache_dir, case_id, image, target, Box((0, 0, 0), tuple(size)), (0, 0, 0), outside, None,
+                 zoom_spacing)
 
 
-def _cache_kidneys(cache_dir: Path, case_id: str, norm: np.ndarray, labels: np.ndarray, boxes: list[Box],
-                   pad: int) -> list[dict]:
-    """Each kidney's crop box (ground truth, paper rules) plus ``pad`` spare voxels on every side."""
+def spare_vox(box: Box, spacing_mm: tuple[float, float, float], stage: StageConfig) -> tuple[int, int, int]:
+    """Voxels to store around a crop box so that every jittered, rotated draw samples stored data:
+    the shift, the growth of the box's axial corners under the largest rotation, and 2 for rounding
+    and the interpolation's neighbours."""
+    theta = np.radians(stage.rotate_deg)
+    half_mm = [(n - 1) / 2 * s for n, s in zip(box.size_vox, spacing_mm, strict=True)]
+    grow = [half_mm[0] * (np.cos(theta) - 1) + half_mm[1] * np.sin(theta),
+            half_mm[1] * (np.cos(theta) - 1) + half_mm[0] * np.sin(theta), 0.0]
+    return tuple(stage.translate_vox + int(np.ceil(max(g, 0.0) / s)) + 2 for g, s in zip(grow, spacing_mm, strict=True))
+
+
+def _cache_kidneys(cache_dir: Path, case_id: str, source: Source, labels: np.ndarray, boxes: list[Box],
+                   spacing_mm: tuple[float, float, float], stage: StageConfig) -> list[dict]:
+    """Each kidney's crop box (ground truth, pipeline rules) with ``spare_vox`` around it, raw values."""
     records = []
     for k, box in enumerate(boxes):
-        region = Box(tuple(v - pad for v in box.lo), tuple(v + pad for v in box.hi))
-        image = crop(norm, region, pad_value=float(norm.min())).astype(np.float16)
-        target = crop(labels, region, pad_value=0)
-        inner = Box((pad,) * 3, tuple(pad + n for n in box.size_vox))
-        records.append(_save(cache_dir, f"{case_id}_k{k}", image, target, inner, case_id))
+        spare = spare_vox(box, spacing_mm, stage)
+        region = Box(tuple(v - p for v, p in zip(box.lo, spare, strict=True)),
+                     tuple(v + p for v, p in zip(box.hi, spare, strict=True)))
+        image = crop(source.array, region, pad_value=source.pad)
+        target = crop(labels, region, pad_value=0).astype(np.uint8)
+        records.append(_save(cache_dir, f"{case_id}_k{k}", image, target, box, region.lo, source.pad,
+                             source.window, spacing_mm, case_id))
     return records
 
 
-def _save(cache_dir: Path, name: str, image: np.ndarray, target: np.ndarray, box: Box | None,
-          case_id: str | None = None) -> dict:
+def _save(cache_dir: Path, name: str, image: np.ndarray, target: np.ndarray, box: Box, origin, pad: float,
+          window, spacing_mm, case_id: str | None = None) -> dict:
     np.save(cache_dir / f"{name}_image.npy", image)
     np.save(cache_dir / f"{name}_label.npy", target)
-    record = {"case_id": case_id or name, "image": f"{name}_image.npy", "label": f"{name}_label.npy",
-              "has_tumor": bool(np.any(target == 2))}
-    if box is not None:
-        record["box"] = [list(box.lo), list(box.hi)]
-    return record
+    return {"case_id": case_id or name, "image": f"{name}_image.npy", "label": f"{name}_label.npy",
+            "box": [list(box.lo), list(box.hi)], "origin": [int(v) for v in origin], "pad": float(pad),
+            "window": None if window is None else [float(v) for v in window],
+            "spacing_mm": [float(v) for v in spacing_mm], "has_tumor": bool(np.any(target == 2))}
 
 
 def _read_index(index_path: Path) -> list[Sample]:
     records = json.loads(index_path.read_text())["samples"]
     folder = index_path.parent
     return [
-        Sample(r["case_id"], folder / r["image"], folder / r["label"],
-               Box(tuple(r["box"][0]), tuple(r["box"][1])) if "box" in r else None, r["has_tumor"])
+        Sample(r["case_id"], folder / r["image"], folder / r["label"], Box(tuple(r["box"][0]), tuple(r["box"][1])),
+               tuple(r["origin"]), r["pad"], None if r["window"] is None else tuple(r["window"]),
+               tuple(r["spacing_mm"]), r["has_tumor"])
         for r in records
     ]

@@ -1,84 +1,21 @@
-"""Model and training-state files that can never execute code when loaded.
+"""Training-state files that can never execute code when loaded.
 
-* ``*.safetensors``: the weights, with the stage settings as JSON in the metadata, so a
-  weights file alone rebuilds its network. safetensors holds raw tensors only.
-* ``last_state.pt``: optimiser, epoch, RNG state and the log, saved with
-  ``torch.save`` and read back with ``torch.load(weights_only=True)``, which refuses
-  anything but tensors and plain containers (a pickle payload raises instead of running).
-
-Every file is written atomically (temp file, fsync, rename), so a kill leaves the previous one.
+``last_state.pt``: optimiser, epoch, RNG state and the log, saved with ``torch.save`` and read
+back with ``torch.load(weights_only=True)``, which refuses anything but tensors and plain
+containers (a pickle payload raises instead of running). Written atomically, so a kill leaves the
+previous one. Weights files are kidneyseg.weights.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from kidneyseg.config import PipelineConfig, StageConfig, pipeline_from_dict, stage_from_dict, to_dict
 from kidneyseg.errors import ModelFileError
 from kidneyseg.io.atomic import atomic_write
-from kidneyseg.model import IsenseeUNet
-
-FORMAT = "kidneyseg-weights-1"
-
-
-def save_weights(path: Path, model: torch.nn.Module, stage: StageConfig, **meta: Any) -> Path:
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    metadata = {"format": FORMAT, "config": json.dumps(to_dict(stage)), "meta": json.dumps(meta)}
-    return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
-
-
-def build_model(stage: StageConfig) -> IsenseeUNet:
-    net = stage.network
-    return IsenseeUNet(in_channels=net.in_channels, num_classes=stage.out_channels, base_filters=net.base_filters,
-                       levels=net.levels, dropout=net.dropout, deep_supervision=net.deep_supervision)
-
-
-def load_model(path: Path, map_location: str = "cpu") -> tuple[IsenseeUNet, StageConfig, dict]:
-    """Rebuild the network from a weights file: (model in eval mode, its settings, extra metadata)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError("model file not found", path)
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        state = load_file(str(path), device=map_location)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ModelFileError(f"not a valid safetensors model file ({_first_line(exc)}); only safetensors "
-                             "weights are loaded, never pickles", path) from exc
-    if metadata.get("format") != FORMAT:
-        raise ModelFileError(f"not a kidneyseg model file (format {metadata.get('format')!r})", path)
-    try:
-        stage = stage_from_dict(json.loads(metadata["config"]))
-        meta = json.loads(metadata.get("meta", "{}"))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"model settings in the file are unreadable ({exc})", path) from exc
-    model = build_model(stage)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ModelFileError(f"weights do not fit the architecture in the file's settings ({_first_line(exc)})",
-                             path) from exc
-    return model.eval(), stage, meta
-
-
-def run_pipeline(run_dir: Path) -> PipelineConfig | None:
-    """The pipeline settings a stage was trained with (``run_dir/config.json``), or None if it has none yet.
-    An unreadable file raises ModelFileError naming it."""
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        return None
-    try:
-        return pipeline_from_dict(json.loads(path.read_text())["pipeline"])
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ModelFileError(f"unreadable settings ({exc})", path) from exc
+from kidneyseg.weights import first_line
 
 
 def save_state(path: Path, state: dict[str, Any]) -> Path:
@@ -93,9 +30,4 @@ def load_state(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types (UnpicklingError, RuntimeError, EOFError)
-        raise ModelFileError(f"training state refused or unreadable ({_first_line(exc)})", path) from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+        raise ModelFileError(f"training state refused or unreadable ({first_line(exc)})", path) from exc

@@ -1,4 +1,5 @@
-"""Turning cached samples into network inputs: jitter (stage 2), resize, augment."""
+"""Turning cached samples into network inputs: one interpolation per draw (kidneyseg.stage_input),
+then intensity augmentation; and the draws of an epoch as a torch Dataset for worker processes."""
 
 from __future__ import annotations
 
@@ -7,34 +8,54 @@ import torch
 
 from kidneyseg.config import StageConfig
 from kidneyseg.errors import InvalidInputError
-from kidneyseg.geometry import Box, crop, resize_image, resize_labels
-from kidneyseg.training.augment import augment
+from kidneyseg.stage_input import IDENTITY, stage_image, stage_labels
+from kidneyseg.training.augment import augment_intensity, draw_warp, make_intensity
 from kidneyseg.training.cache import Sample
 
 
 def load_sample(sample: Sample, stage: StageConfig, rng: np.random.RandomState | None,
-                transform=None) -> tuple[torch.Tensor, torch.Tensor]:
+                intensity=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(image (1, *input_size) float32, label (1, *input_size) int64) for one cached sample.
 
-    With ``rng`` (training) stage-2 boxes are shifted by up to ``translate_vox`` per axis and
-    ``transform`` augments; without it the sample is returned as the pipeline would see it.
+    With ``rng`` (training) the draw's warp (flips, axial rotation and, for stage 2, a shift of up to
+    ``translate_vox``) comes from it, then ``intensity`` (kidneyseg.training.augment) from the same
+    generator; without it the sample is returned exactly as inference would see its box.
     A cache file that cannot be read raises InvalidInputError naming the case.
     """
     try:
-        image = np.load(sample.image, mmap_mode="r")
-        label = np.load(sample.label, mmap_mode="r")
+        image_source, label_source = sample.image_source, sample.label_source
+        warp = IDENTITY if rng is None else draw_warp(stage, rng)
+        image = stage_image(image_source, sample.box, stage.input_size, sample.spacing_mm, warp)
+        label = stage_labels(label_source, sample.box, stage.input_size, sample.spacing_mm, warp)
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"cached sample of case {sample.case_id} is unreadable ({exc})", sample.image) from exc
-    if sample.box is not None:
-        box = sample.box
-        if rng is not None and stage.translate_vox:
-            shift = rng.randint(-stage.translate_vox, stage.translate_vox + 1, size=3)
-            box = Box(tuple(int(v) for v in np.add(box.lo, shift)), tuple(int(v) for v in np.add(box.hi, shift)))
-        image, label = crop(np.asarray(image), box, float(np.min(image))), crop(np.asarray(label), box, 0)
-    image_t = resize_image(np.asarray(image, dtype=np.float32), stage.input_size)
-    label_t = torch.from_numpy(np.ascontiguousarray(resize_labels(np.asarray(label), stage.input_size)))
-    label_t = label_t[None].long()
-    if rng is not None and transform is not None:
-        image_t, label_t = augment(transform, image_t, label_t, rng)
-        label_t = label_t.round().long()
-    return image_t, label_t
+    if rng is not None and intensity is not None:
+        image = augment_intensity(intensity, image, rng)
+    return image, label
+
+
+class Draws(torch.utils.data.Dataset):
+    """The draws of one epoch: item k is ``train[order[k]]`` augmented with a generator seeded by
+    (seed, epoch, k) alone, so that any number of worker processes, in any order, and a resumed run
+    produce the same inputs. An item that fails comes back as its error's one-line message (a
+    string), for the training loop to raise in its own process."""
+
+    def __init__(self, train: list[Sample], order: np.ndarray, stage: StageConfig, epoch: int):
+        self.train, self.order, self.stage, self.epoch = train, order, stage, epoch
+        self.intensity = make_intensity(stage)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, k: int):
+        sample = self.train[self.order[k]]
+        rng = np.random.RandomState([self.stage.seed, self.epoch, k])
+        try:
+            return load_sample(sample, self.stage, rng, self.intensity)
+        except Exception as exc:  # noqa: BLE001 - any failure becomes one line naming the case
+            return f"draw {k + 1} of epoch {self.epoch + 1} (case {sample.case_id}) failed: {exc}"
+
+
+def keep_items(batch: list) -> list:
+    """DataLoader collate function: the items as they are (stacked by the training loop)."""
+    return batch

@@ -13,6 +13,7 @@ import csv
 import io as _io
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,17 +31,17 @@ from kidneyseg.config import (
     to_dict,
     to_json,
 )
-from kidneyseg.errors import TrainingDivergedError, UsageError
+from kidneyseg.errors import InvalidInputError, ResourceError, TrainingDivergedError, UsageError
 from kidneyseg.evaluation import dice_from_counts
 from kidneyseg.model import place
 from kidneyseg.outputs import probabilities, to_labels
 from kidneyseg.profile import write_profile
 from kidneyseg.report import save_training_curves
-from kidneyseg.training.augment import make_augment
 from kidneyseg.training.cache import Sample, build_cache
-from kidneyseg.training.checkpoint import build_model, load_state, run_pipeline, save_state, save_weights
-from kidneyseg.training.data import load_sample
+from kidneyseg.training.checkpoint import load_state, save_state
+from kidneyseg.training.data import Draws, keep_items, load_sample
 from kidneyseg.training.losses import make_loss
+from kidneyseg.weights import autocast, build_model, run_pipeline, save_weights
 
 CURVES_EVERY = 10  # epochs between redraws of curves.png (log.csv is written every epoch)
 
@@ -54,8 +55,13 @@ class FitResult:
 
 
 def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineConfig, *, resume: bool = False,
-        overwrite: bool = False, device: str = "cpu", progress: bool = True) -> FitResult:
-    """Train ``stage`` on the KiTS-layout ``data_dir``; write the run into ``model_dir/<stage>``."""
+        overwrite: bool = False, device: str = "cpu", progress: bool = True, workers: int | None = None) -> FitResult:
+    """Train ``stage`` on the KiTS-layout ``data_dir``; write the run into ``model_dir/<stage>``.
+    ``workers``: processes preparing the inputs (None: ``default_workers()``; 0: this process);
+    the weights do not depend on it."""
+    workers = default_workers() if workers is None else workers
+    if workers < 0:
+        raise UsageError(f"--workers must be 0 or more, got {workers}")
     run_dir = io.check_output_dir(Path(model_dir) / stage.stage)
     _prepare_run_dir(run_dir, stage, pipeline, resume, overwrite)
     cases = io.layout.kits_cases(data_dir)
@@ -71,8 +77,10 @@ def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineC
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         epoch, best, minutes, log = state["epoch"], state["best_val_dice"], state["minutes"], state["log"]
-    loss_fn, transform = make_loss(stage), make_augment(stage)
+    loss_fn = make_loss(stage)
     bar = tqdm(total=stage.epochs, initial=epoch, desc=f"train {stage.stage}", unit="epoch", disable=not progress)
     # The budget counts training and validation; it is checked before every step, so a run stops
     # within one step (plus the validation of its last, possibly partial, epoch) of --minutes.
@@ -90,14 +98,16 @@ def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineC
 
     while epoch < stage.epochs and time.perf_counter() < deadline:
         start = time.perf_counter()
-        train_loss, drawn = _train_epoch(model, optimizer, loss_fn, transform, train, stage, epoch, device,
-                                         deadline, lr_at)
+        train_loss, drawn, waited = _train_epoch(model, optimizer, loss_fn, train, stage, epoch, device, deadline,
+                                                 lr_at, workers)
+        train_seconds = time.perf_counter() - start
         epoch += 1
         last = epoch >= stage.epochs or time.perf_counter() >= deadline
         scores = validate(model, val, stage, device) if last or epoch % stage.val_every == 0 else {}
         minutes += (time.perf_counter() - start) / 60
         log.append({"epoch": epoch, "train_loss": train_loss, **scores, "lr": optimizer.param_groups[0]["lr"],
-                    "minutes": minutes, "samples": drawn})
+                    "minutes": minutes, "samples": drawn, "step_s": train_seconds / max(drawn, 1),
+                    "data_wait_s": waited / max(drawn, 1)})
         improved = bool(scores) and scores["val_dice"] > best
         best = max(best, scores.get("val_dice", -math.inf))
         _save_epoch(run_dir, model, optimizer, stage, epoch, best, minutes, log, improved)
@@ -111,6 +121,13 @@ def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineC
     return FitResult(run_dir, epoch, best, minutes)
 
 
+def default_workers() -> int:
+    """Input worker processes when --workers is not given: one per core beyond the one that runs the
+    training loop, at most 4 (0 on a single core)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cores - 1))
+
+
 def split_samples(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     """Split by case (both kidneys of a case land on the same side), fixed by ``seed``."""
     case_ids = sorted({s.case_id for s in samples})
@@ -122,33 +139,53 @@ def split_samples(samples: list[Sample], val_fraction: float, seed: int) -> tupl
     return [s for s in samples if s.case_id not in val_ids], [s for s in samples if s.case_id in val_ids]
 
 
-def _train_epoch(model, optimizer, loss_fn, transform, train: list[Sample], stage: StageConfig, epoch: int,
-                 device: str, deadline: float, lr_at) -> tuple[float, int]:
-    """One epoch: (mean loss, samples drawn). Its data order and augmentation depend only on
-    (seed, epoch). Past ``deadline`` (``time.perf_counter()``) it ends early, after at least one step.
-    ``lr_at(epoch, it)`` gives the learning rate, set before each step."""
+def _train_epoch(model, optimizer, loss_fn, train: list[Sample], stage: StageConfig, epoch: int, device: str,
+                 deadline: float, lr_at, workers: int) -> tuple[float, int, float]:
+    """One epoch: (mean loss, samples drawn, seconds spent waiting for input). Its data order and
+    augmentation depend only on (seed, epoch, draw), whatever ``workers`` is (0: inputs prepared in
+    this process). Past ``deadline`` (``time.perf_counter()``) it ends early, after at least one
+    step. ``lr_at(epoch, it)`` gives the learning rate, set before each step."""
     model.train()
-    rng = np.random.RandomState([stage.seed, epoch])
-    order = draw_order(train, stage, rng)
-    losses = []
-    count = len(order)
-    for it in range(0, count, stage.batch_size):
+    order = draw_order(train, stage, np.random.RandomState([stage.seed, epoch]))
+    loader = torch.utils.data.DataLoader(
+        Draws(train, order, stage, epoch), batch_size=stage.batch_size, shuffle=False, num_workers=workers,
+        collate_fn=keep_items, pin_memory=torch.device(device).type == "cuda",
+        prefetch_factor=2 if workers else None)
+    losses, waited, batches = [], 0.0, iter(loader)
+    for it in range(0, len(order), stage.batch_size):
         if losses and time.perf_counter() >= deadline:
-            return float(np.mean(losses)), it
+            return float(np.mean(losses)), it, waited
+        start = time.perf_counter()
+        items = _next_batch(batches, epoch)
+        waited += time.perf_counter() - start
         for group in optimizer.param_groups:
             group["lr"] = lr_at(epoch, it)
-        batch = [train[i] for i in order[it:it + stage.batch_size]]
-        pairs = [load_sample(s, stage, rng, transform) for s in batch]
-        images = torch.stack([p[0] for p in pairs]).to(device)
-        labels = torch.stack([p[1] for p in pairs]).to(device)
+        images = torch.stack([p[0] for p in items]).to(device, non_blocking=True)
+        labels = torch.stack([p[1] for p in items]).to(device, non_blocking=True)
         loss = train_step(model, optimizer, loss_fn, images, labels, stage.precision, device,
                           stage.deep_supervision_loss)
         if not torch.isfinite(loss):
-            names = ", ".join(s.case_id for s in batch)
+            names = ", ".join(train[i].case_id for i in order[it:it + stage.batch_size])
             raise TrainingDivergedError(f"loss became {loss.item()} at epoch {epoch + 1}, iteration {it + 1} "
                                         f"(case {names}); the best checkpoint was left untouched")
         losses.append(loss.item())
-    return float(np.mean(losses)), count
+    return float(np.mean(losses)), len(order), waited
+
+
+def _next_batch(batches, epoch: int) -> list:
+    """The next batch of (image, label) pairs. A failed draw raises InvalidInputError, a worker process
+    that died (killed, out of memory) ResourceError, each with one line; checkpoints are written only
+    between epochs, so they stay intact."""
+    try:
+        items = next(batches)
+    except RuntimeError as exc:  # the DataLoader's report of a worker process that died
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ResourceError(f"an input worker process stopped during epoch {epoch + 1} ({first}); the "
+                                 "checkpoints of the last finished epoch are intact: rerun with --resume") from exc
+    for item in items:
+        if isinstance(item, str):
+            raise InvalidInputError(item + "; the checkpoints of the last finished epoch are intact")
+    return items
 
 
 def make_optimizer(model: torch.nn.Module, stage: StageConfig) -> torch.optim.Optimizer:
@@ -227,12 +264,6 @@ def validate(model, val: list[Sample], stage: StageConfig, device: str) -> dict[
     return scores
 
 
-def autocast(precision: str, device: str) -> torch.autocast:
-    """bf16 autocast on the device's type when ``precision`` is 'bf16'; a no-op context for 'fp32'."""
-    device_type = torch.device(device).type
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 def _prepare_run_dir(run_dir: Path, stage: StageConfig, pipeline: PipelineConfig, resume: bool,
                      overwrite: bool) -> None:
     _check_other_stage(run_dir, stage, pipeline)
@@ -276,7 +307,9 @@ def _save_epoch(run_dir, model, optimizer, stage, epoch, best, minutes, log, imp
     save_weights(run_dir / "last.safetensors", model, stage, **meta)
     save_state(run_dir / "last_state.pt", {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "torch_rng": torch.get_rng_state(), "epoch": epoch, "best_val_dice": best, "minutes": minutes,
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "epoch": epoch, "best_val_dice": best, "minutes": minutes,
         "log": log, "config": to_json(stage),
     })
     io.atomic_write_text(run_dir / "log.csv", _csv(log))

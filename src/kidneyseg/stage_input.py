@@ -1,0 +1,145 @@
+"""A stage's network input from a volume and a box: the one function the cache, training and inference call.
+
+Coordinates are voxel indices of the source CT's canonical grid (X, Y, Z). A box (the paper's crop
+box for the segmenter, the whole volume for the localizer) is mapped onto the network's input grid
+of ``size`` voxels: output voxel j samples the box at
+
+    p = box.lo + (j + 0.5) * box.size / size - 0.5,  clamped to [box.lo, box.hi - 1]
+
+(voxel centres aligned and the box's edge repeated where the zoom enlarges, as torch's trilinear
+resize of the cropped box with ``align_corners=False``). Images are
+interpolated trilinearly, labels take the nearest voxel, floor(p + 0.5). A ``Warp`` moves these
+positions for training (a shift, a rotation in the axial plane about the box's centre, flips), so
+that crop, zoom, jitter and rotation are one interpolation of the source, never a resize followed
+by a rotation. With no warp the result depends only on the CT's values, the box and the size, not
+on which part of the CT a ``Source`` holds: a cached region around a box gives exactly (bitwise)
+the input that inference builds from the whole CT.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kidneyseg.geometry import Box, Shape3, crop
+from kidneyseg.preprocess import normalize_ct
+
+
+@dataclass(frozen=True)
+class Warp:
+    """Training augmentation of one draw: ``shift_vox`` moves the box (source voxels per axis),
+    ``rotate_rad`` turns it about its centre in the axial (X, Y) plane (measured in mm, so that
+    the rotation is rigid whatever the voxel shape), ``flip`` mirrors the output along each axis."""
+
+    shift_vox: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    rotate_rad: float = 0.0
+    flip: tuple[bool, bool, bool] = (False, False, False)
+
+
+IDENTITY = Warp()
+
+
+@dataclass(frozen=True)
+class Source:
+    """The values of a CT (or of its label map) on part of its grid.
+
+    ``array`` (X, Y, Z) holds the CT's voxels [origin, origin + array.shape); everywhere else the
+    CT reads ``pad``. ``window`` (hu_min, hu_max, mean, std) normalises raw HU as
+    ``normalize_ct`` does with the whole CT's statistics; None: the values are used as they are
+    (labels, or an image normalised already).
+    """
+
+    array: np.ndarray
+    origin: Shape3 = (0, 0, 0)
+    pad: float = 0.0
+    window: tuple[float, float, float, float] | None = None
+
+    def read(self, box: Box) -> np.ndarray:
+        """The CT's values on ``box`` (CT coordinates), normalised when the source has a window."""
+        local = Box(tuple(lo - o for lo, o in zip(box.lo, self.origin, strict=True)),
+                    tuple(hi - o for hi, o in zip(box.hi, self.origin, strict=True)))
+        whole = local.lo == (0, 0, 0) and local.hi == tuple(self.array.shape)
+        values = self.array if whole else crop(self.array, local, self.pad)
+        if self.window is None:
+            return values
+        hu_min, hu_max, mean, std = self.window
+        return normalize_ct(values, hu_min, hu_max, (mean, std))
+
+
+def positions(box: Box, size: Shape3, spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0),
+              warp: Warp = IDENTITY) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source coordinates (float64) of the output voxels, one array per axis, broadcasting to ``size``:
+    shapes (n, 1, 1), (1, n, 1), (1, 1, n) without rotation; X and Y become (n, n, 1) with one."""
+    axes = []
+    for axis in range(3):
+        n, lo, extent = size[axis], box.lo[axis], box.size_vox[axis]
+        # Clamped to the box's first and last voxel centres, as a resize of the cropped box would.
+        p = np.clip(lo + (np.arange(n) + 0.5) * (extent / n) - 0.5, lo, lo + extent - 1) + warp.shift_vox[axis]
+        shape = [1, 1, 1]
+        shape[axis] = n
+        axes.append(p.reshape(shape))
+    px, py, pz = axes
+    if warp.rotate_rad:
+        cx, cy = (box.lo[a] + (box.size_vox[a] - 1) / 2 + warp.shift_vox[a] for a in (0, 1))
+        sx, sy = spacing_mm[0], spacing_mm[1]
+        u, v = (px - cx) * sx, (py - cy) * sy  # mm from the centre
+        cos, sin = math.cos(warp.rotate_rad), math.sin(warp.rotate_rad)
+        px, py = cx + (cos * u - sin * v) / sx, cy + (sin * u + cos * v) / sy
+    return px, py, pz
+
+
+def stage_image(source: Source, box: Box, size: Shape3, spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                warp: Warp = IDENTITY) -> torch.Tensor:
+    """The network input (1, *size) float32 for ``box`` (CT coordinates) of ``source``'s CT."""
+    pos = positions(box, size, spacing_mm, warp)
+    if all(np.array_equal(p, np.round(p)) for p in pos):  # a whole-voxel copy: no interpolation
+        values = _gather(source, pos)
+        out = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))[None]
+    else:
+        # The block of the CT the positions fall in (plus the next voxel for the interpolation), in
+        # CT coordinates: it depends only on the positions, so every source of the same CT gives the
+        # same block, the same sampling grid and the same values.
+        lo = tuple(int(math.floor(p.min())) for p in pos)
+        hi = tuple(int(math.floor(p.max())) + 2 for p in pos)
+        block = torch.from_numpy(np.ascontiguousarray(source.read(Box(lo, hi)), dtype=np.float32))
+        grid = np.empty((*size, 3), np.float32)
+        # grid_sample's last axis is (W, H, D) = (Z, Y, X); with align_corners=True, -1 and 1 are the
+        # centres of the block's first and last voxels.
+        for slot, axis in ((0, 2), (1, 1), (2, 0)):
+            grid[..., slot] = np.broadcast_to(2 * (pos[axis] - lo[axis]) / (hi[axis] - lo[axis] - 1) - 1, size)
+        out = F.grid_sample(block[None, None], torch.from_numpy(grid)[None], mode="bilinear",
+                            padding_mode="border", align_corners=True)[0]
+    return _flip(out, warp)
+
+
+def stage_labels(source: Source, box: Box, size: Shape3, spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                 warp: Warp = IDENTITY) -> torch.Tensor:
+    """The label map (1, *size) int64 sampled like ``stage_image`` (nearest voxel)."""
+    pos = positions(box, size, spacing_mm, warp)
+    values = _gather(source, tuple(np.floor(p + 0.5) for p in pos))
+    return _flip(torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64))[None], warp)
+
+
+def _gather(source: Source, pos: tuple[np.ndarray, ...]) -> np.ndarray:
+    """The source's values at whole-voxel positions (one broadcasting array per axis), ``pad`` outside."""
+    idx = [np.asarray(p, dtype=np.int64) - o for p, o in zip(pos, source.origin, strict=True)]
+    inside = np.ones((1, 1, 1), bool)
+    for i, n in zip(idx, source.array.shape, strict=True):
+        inside = inside & (i >= 0) & (i < n)
+    clipped = [np.clip(i, 0, n - 1) for i, n in zip(idx, source.array.shape, strict=True)]
+    values = source.array[clipped[0], clipped[1], clipped[2]]
+    if not inside.all():
+        values = np.where(inside, values, np.asarray(source.pad, dtype=values.dtype))
+    if source.window is None:
+        return values
+    hu_min, hu_max, mean, std = source.window
+    return normalize_ct(values, hu_min, hu_max, (mean, std))
+
+
+def _flip(tensor: torch.Tensor, warp: Warp) -> torch.Tensor:
+    dims = [axis + 1 for axis in range(3) if warp.flip[axis]]
+    return torch.flip(tensor, dims).contiguous() if dims else tensor

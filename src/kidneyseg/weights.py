@@ -1,0 +1,89 @@
+"""Weights files that can never execute code when loaded, and the precision networks run in.
+
+``*.safetensors`` holds the weights with the stage settings as JSON in the metadata, so a weights
+file alone rebuilds its network; safetensors holds raw tensors only. Files are written atomically
+(temp file, fsync, rename), so a kill leaves the previous one. Training and inference both use this
+module; neither imports the other (training's resume state is in kidneyseg.training.checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from kidneyseg.config import PipelineConfig, StageConfig, pipeline_from_dict, stage_from_dict, to_dict
+from kidneyseg.errors import ModelFileError
+from kidneyseg.io.atomic import atomic_write
+from kidneyseg.model import IsenseeUNet
+
+FORMAT = "kidneyseg-weights-1"
+
+
+def save_weights(path: Path, model: torch.nn.Module, stage: StageConfig, **meta: Any) -> Path:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": FORMAT, "config": json.dumps(to_dict(stage)), "meta": json.dumps(meta)}
+    return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+
+
+def build_model(stage: StageConfig) -> IsenseeUNet:
+    net = stage.network
+    return IsenseeUNet(in_channels=net.in_channels, num_classes=stage.out_channels, base_filters=net.base_filters,
+                       levels=net.levels, dropout=net.dropout, deep_supervision=net.deep_supervision)
+
+
+def load_model(path: Path, map_location: str = "cpu") -> tuple[IsenseeUNet, StageConfig, dict]:
+    """Rebuild the network from a weights file: (model in eval mode, its settings, extra metadata)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError("model file not found", path)
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        state = load_file(str(path), device=map_location)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"not a valid safetensors model file ({first_line(exc)}); only safetensors "
+                             "weights are loaded, never pickles", path) from exc
+    if metadata.get("format") != FORMAT:
+        raise ModelFileError(f"not a kidneyseg model file (format {metadata.get('format')!r})", path)
+    try:
+        stage = stage_from_dict(json.loads(metadata["config"]))
+        meta = json.loads(metadata.get("meta", "{}"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"model settings in the file are unreadable ({exc})", path) from exc
+    model = build_model(stage)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelFileError(f"weights do not fit the architecture in the file's settings ({first_line(exc)})",
+                             path) from exc
+    return model.eval(), stage, meta
+
+
+def run_pipeline(run_dir: Path) -> PipelineConfig | None:
+    """The pipeline settings a stage was trained with (``run_dir/config.json``), or None if it has none yet.
+    An unreadable file raises ModelFileError naming it."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        return None
+    try:
+        return pipeline_from_dict(json.loads(path.read_text())["pipeline"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ModelFileError(f"unreadable settings ({exc})", path) from exc
+
+
+def autocast(precision: str, device: str) -> torch.autocast:
+    """bf16 autocast on the device's type when ``precision`` is 'bf16'; a no-op context for 'fp32'."""
+    device_type = torch.device(device).type
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]

@@ -1,0 +1,132 @@
+"""Stage inputs: one function for the cache, training and inference, and training inputs prepared in
+worker processes that change nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import micro_stage
+from safetensors.torch import load_file
+
+from kidneyseg import inference, io
+from kidneyseg.config import preset
+from kidneyseg.errors import InvalidInputError, ResourceError
+from kidneyseg.geometry import Box, crop, resize_labels
+from kidneyseg.inference import load_model_dir, segment
+from kidneyseg.stage_input import Source, Warp, positions, stage_image, stage_labels
+from kidneyseg.training import data as data_module
+from kidneyseg.training.augment import draw_warp
+from kidneyseg.training.cache import build_cache
+from kidneyseg.training.checkpoint import load_state
+from kidneyseg.training.data import load_sample
+from kidneyseg.training.fit import fit
+
+
+def test_without_a_warp_the_zoom_is_torchs_trilinear_resize():
+    """The paper's zoom: voxel centres aligned (align_corners=False), as F.interpolate does it."""
+    image = np.random.default_rng(0).normal(size=(37, 23, 19)).astype(np.float32)
+    box = Box((0, 0, 0), image.shape)
+    for size in ((16, 16, 16), (48, 40, 24)):  # down and up
+        ours = stage_image(Source(image), box, size)
+        theirs = F.interpolate(torch.from_numpy(image)[None, None], size=size, mode="trilinear", align_corners=False)[0]
+        assert torch.allclose(ours, theirs, atol=1e-4), size  # float rounding; half a voxel off gives ~0.5
+    labels = (image > 0.5).astype(np.uint8)
+    assert np.array_equal(stage_labels(Source(labels), box, (16, 16, 16))[0].numpy(), resize_labels(labels, (16,) * 3))
+
+
+def test_a_part_of_the_ct_gives_the_same_input_as_the_whole_bitwise():
+    hu = np.random.default_rng(1).integers(-1000, 1500, size=(60, 50, 40)).astype(np.int16)
+    window = (-79.0, 304.0, 50.0, 120.0)
+    whole = Source(hu, pad=-1000.0, window=window)
+    box = Box((-4, 10, 5), (40, 46, 45))  # overhangs the CT on two axes: padded
+    region = Box((-10, 4, 0), (46, 50, 50))
+    part = Source(crop(hu, region, -1000), origin=region.lo, pad=-1000.0, window=window)
+    for warp in (Warp(), Warp((1.0, -2.0, 0.0), 0.2, (True, False, True))):
+        assert torch.equal(stage_image(whole, box, (24, 24, 24), (0.8, 0.8, 1.5), warp),
+                           stage_image(part, box, (24, 24, 24), (0.8, 0.8, 1.5), warp))
+
+
+def test_cached_training_input_equals_what_inference_feeds_the_segmenter(phantom_dir, trained_model, tmp_path,
+                                                                         monkeypatch):
+    """For one ground-truth box: the un-augmented training draw (from the cache) and the input that
+    ``segment`` builds from the CT file are the same tensor, bit for bit; the labels are the crop's
+    labels resized nearest."""
+    stage, pipeline = micro_stage("segmenter"), preset("tiny").pipeline
+    case = io.layout.kits_cases(phantom_dir)[0]
+    sample = next(s for s in build_cache([case], tmp_path / "cache", stage, pipeline, progress=False))
+    fed = []
+    real = inference._segment_patch
+    monkeypatch.setattr(inference, "_segment_patch", lambda x, *args: fed.append(x.clone()) or real(x, *args))
+    image, truth = io.load_case(case)
+    segment(image, load_model_dir(trained_model), boxes=[sample.box])
+    train_image, train_label = load_sample(sample, stage, None)
+    assert torch.equal(train_image, fed[0])
+    expected = resize_labels(crop(truth.array, sample.box, 0), stage.input_size)
+    assert np.array_equal(train_label[0].numpy(), expected)
+
+
+def test_cached_zoom_equals_what_inference_feeds_the_localizer(phantom_dir, trained_model, tmp_path, monkeypatch):
+    stage, pipeline = micro_stage("localizer"), preset("tiny").pipeline
+    case = io.layout.kits_cases(phantom_dir)[0]
+    sample = build_cache([case], tmp_path / "cache", stage, pipeline, progress=False)[0]
+    fed = []
+    real = inference.localize
+    monkeypatch.setattr(inference, "localize", lambda zoomed, *args: fed.append(zoomed.clone()) or real(zoomed, *args))
+    segment(io.load_case(case)[0], load_model_dir(trained_model))
+    assert torch.equal(load_sample(sample, stage, None)[0], fed[0])
+
+
+def test_every_training_draw_stays_inside_the_cached_region(phantom_dir, tmp_path):
+    """The stored spare voxels cover the largest shift and rotation: no draw reads padding."""
+    stage = micro_stage("segmenter", "rotate_deg=30", "translate_vox=6")
+    samples = build_cache(io.layout.kits_cases(phantom_dir), tmp_path / "cache", stage, preset("tiny").pipeline,
+                          progress=False)
+    for sample in samples:
+        stored = np.load(sample.image, mmap_mode="r").shape
+        for seed in range(20):
+            warp = draw_warp(stage, np.random.RandomState(seed))
+            pos = positions(sample.box, stage.input_size, sample.spacing_mm, warp)
+            for axis, p in enumerate(pos):
+                assert p.min() >= sample.origin[axis] and p.max() + 1 < sample.origin[axis] + stored[axis]
+
+
+def _weights(run_dir):
+    return load_file(str(run_dir / "last.safetensors"))
+
+
+def test_workers_give_bitwise_the_same_weights(phantom_dir, tmp_path):
+    stage = micro_stage("segmenter", "epochs=1", "intensity_prob=1.0")
+    runs = {}
+    for workers in (0, 2):
+        fit(phantom_dir, tmp_path / f"w{workers}", stage, preset("tiny").pipeline, progress=False, workers=workers)
+        runs[workers] = _weights(tmp_path / f"w{workers}" / "segmenter")
+    assert all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
+
+
+def test_a_failing_draw_in_a_worker_names_the_case_and_keeps_the_checkpoint(phantom_dir, tmp_path):
+    stage, pipeline = micro_stage("localizer", "epochs=1"), preset("tiny").pipeline
+    fit(phantom_dir, tmp_path, stage, pipeline, progress=False, workers=2)
+    state = (tmp_path / "localizer" / "last_state.pt").read_bytes()
+    for victim in (tmp_path / "cache" / "localizer").glob("*_image.npy"):
+        victim.write_bytes(b"broken")
+    with pytest.raises(InvalidInputError, match=r"epoch 2 \(case case_\d+\).*unreadable"):
+        fit(phantom_dir, tmp_path, micro_stage("localizer", "epochs=2"), pipeline, resume=True, progress=False,
+            workers=2)
+    assert (tmp_path / "localizer" / "last_state.pt").read_bytes() == state
+    assert load_state(tmp_path / "localizer" / "last_state.pt")["epoch"] == 1
+
+
+def test_a_worker_process_that_dies_stops_training_with_one_line(phantom_dir, tmp_path, monkeypatch):
+    stage, pipeline = micro_stage("localizer", "epochs=1"), preset("tiny").pipeline
+    fit(phantom_dir, tmp_path, stage, pipeline, progress=False, workers=0)
+    state = (tmp_path / "localizer" / "last_state.pt").read_bytes()
+    monkeypatch.setattr(data_module.Draws, "__getitem__", lambda self, k: os.kill(os.getpid(), signal.SIGKILL))
+    with pytest.raises(ResourceError, match="input worker process stopped during epoch 2"):
+        fit(phantom_dir, tmp_path, micro_stage("localizer", "epochs=2"), pipeline, resume=True, progress=False,
+            workers=2)
+    assert (tmp_path / "localizer" / "last_state.pt").read_bytes() == state
