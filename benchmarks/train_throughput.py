@@ -2,11 +2,12 @@
 input worker processes, the share of a step spent waiting for data, and the input pipeline alone.
 
     .venv/bin/python benchmarks/train_throughput.py [--data DIR] [--cases 12] [--draws 24] [--paper-draws 6]
+                                                    [--presets small paper] [--stages localizer segmenter]
 
 For each of the ``small`` and ``paper`` presets and each stage, from one run on this machine:
 - bare step: ``train_step`` on one sample held in memory (median after a warm-up), the network's cost;
 - real step: ``fit``'s own loop over a cache of ``--cases`` training cases, with ``--workers 0`` (inputs
-  prepared in the training process) and with the default number of workers; the second of two
+  prepared in the training process, the default on a CPU) and with 1 worker process; the second of two
   epochs of ``--draws`` draws is timed (the first warms up), from the run's log.csv (``step_s``,
   ``data_wait_s``: seconds per draw the loop waited for its input);
 - input alone: one draw's input work (cache read, the one interpolation, labels, intensity
@@ -35,12 +36,14 @@ from kidneyseg.config import override_preset, preset
 from kidneyseg.model import place
 from kidneyseg.training.cache import build_cache
 from kidneyseg.training.data import Draws
-from kidneyseg.training.fit import default_workers, draw_order, fit, make_optimizer, train_step
+from kidneyseg.training.fit import draw_order, fit, make_optimizer, train_step
 from kidneyseg.training.losses import make_loss
 from kidneyseg.weights import build_model
 
 HERE = Path(__file__).resolve().parent
 RENDERED = HERE / ".work" / "accuracy" / "train"
+DEVICE = "cpu"
+WORKERS = 1  # compared with 0: on a CPU the default is 0 (kidneyseg.training.fit.default_workers)
 
 
 def main() -> int:
@@ -50,17 +53,20 @@ def main() -> int:
     parser.add_argument("--draws", type=int, default=24, help="draws per timed epoch (small preset)")
     parser.add_argument("--paper-draws", type=int, default=6, help="draws per timed epoch (paper preset)")
     parser.add_argument("--work", type=Path, help="folder for caches and runs (default: a temporary one)")
+    parser.add_argument("--presets", nargs="+", default=["small", "paper"], choices=("small", "paper"))
+    parser.add_argument("--stages", nargs="+", default=["localizer", "segmenter"], choices=("localizer", "segmenter"))
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="kidneyseg-throughput-"))
     data = subset(args.data or (RENDERED if RENDERED.exists() else synthesize(work)), work / "data", args.cases)
     rows = []
-    for name, draws in (("small", args.draws), ("paper", args.paper_draws)):
-        for stage_name in ("localizer", "segmenter"):
+    for name in args.presets:
+        draws = args.paper_draws if name == "paper" else args.draws
+        for stage_name in args.stages:
             rows.append(measure(name, stage_name, data, work / f"{name}-{stage_name}", draws))
     threads = torch.get_num_threads()
-    print(f"\n{threads} threads for the network, default workers {default_workers()}, data {data} ({args.cases} cases)")
+    print(f"\n{threads} threads for the network, data {data} ({args.cases} cases)")
     print("| preset / stage | input | bare step s | real step s, workers 0 (data wait) | real step s, workers "
-          f"{default_workers()} (data wait) | real / bare, workers 0 / default | input work s per draw, 1 core | "
+          f"{WORKERS} (data wait) | real / bare, workers 0 / {WORKERS} | input work s per draw, 1 core | "
           "draws/s per core |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -97,7 +103,7 @@ def measure(name: str, stage_name: str, data: Path, work: Path, draws: int) -> d
     input_s = input_work(samples, stage, draws)
     bare = bare_step(samples, stage)
     real = {}
-    for workers in (0, default_workers()):
+    for workers in (0, WORKERS):
         run = work / f"run-w{workers}"
         run.mkdir(parents=True, exist_ok=True)
         if not (run / "cache").exists():
@@ -106,7 +112,7 @@ def measure(name: str, stage_name: str, data: Path, work: Path, draws: int) -> d
         with open(run / stage_name / "log.csv") as handle:
             last = list(csv.DictReader(handle))[-1]
         real[workers] = (float(last["step_s"]), float(last["data_wait_s"]))
-    w = default_workers()
+    w = WORKERS
     print(f"{name} {stage_name}: bare {bare:.3f} s, real {real[0][0]:.3f} s (workers 0), {real[w][0]:.3f} s "
           f"(workers {w}), input {input_s:.3f} s per draw on one thread", flush=True)
     return {"name": f"{name} {stage_name}", "size": stage.input_size[0], "bare": bare, "real0": real[0][0],

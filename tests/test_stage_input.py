@@ -130,3 +130,13 @@ def test_a_worker_process_that_dies_stops_training_with_one_line(phantom_dir, tm
         fit(phantom_dir, tmp_path, micro_stage("localizer", "epochs=2"), pipeline, resume=True, progress=False,
             workers=2)
     assert (tmp_path / "localizer" / "last_state.pt").read_bytes() == state
+
+
+def test_default_workers_leave_a_cpus_cores_to_the_network(monkeypatch):
+    from kidneyseg.training import fit as fit_module
+
+    monkeypatch.setattr(fit_module.os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert fit_module.default_workers("cpu") == 0
+    assert fit_module.default_workers("cuda") == 8
+    monkeypatch.setattr(fit_module.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert fit_module.default_workers("cuda:0") == 2

@@ -50,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--set pipeline.min_box_vox=32")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.add_argument("--workers", type=int,
-                   help="processes preparing the training inputs (default: one per core beyond the first, at most "
-                        "4; 0 = in the training process); the trained weights are the same for any number")
+                   help="processes preparing the training inputs (default: 0 = in the training process on a CPU, "
+                        "whose cores the network uses; on a GPU one per core beyond the first, at most 8); the "
+                        "trained weights are the same for any number")
 
     p = sub.add_parser("predict", help="segment a CT file, DICOM folder or KiTS-layout folder", epilog=EPILOG)
     p.add_argument("input", type=Path, help="a .nii/.nii.gz CT, a DICOM series folder, or a folder of cases")
