@@ -65,7 +65,13 @@ ROWS = {
     "regions, tumour-weighted Dice (0.14, 0.85)": ["loss=regions"],
     "weighted Dice, poly schedule": ["loss=dice", "lr_schedule=poly"],
     "weighted Dice, deep supervision loss": ["loss=dice", "deep_supervision_loss=true"],
+    "Dice + CE, HU [-79, 304], scale +-20 %": ["pipeline.hu_min=-79", "pipeline.hu_max=304", "scale_range=0.2"],
+    "Dice + CE, HU [-79, 304], intensity 0.5": ["pipeline.hu_min=-79", "pipeline.hu_max=304", "intensity_prob=0.5"],
 }
+# How training inputs were built: 1, a resize of the full-resolution crop, then MONAI's rotation of the resized
+# cube (voxel space) and flips; 2, kidneyseg.stage_input: one interpolation for crop, zoom, shift, rotation
+# (in mm) and flips. Rows measured with one are not compared with rows measured with the other.
+INPUTS = 2
 RENDERERS = {"validation": "training renderer", "independent": "independent renderer"}
 REGIONS = ("kidney_tumor", "tumor")
 INFERENCE = ["pipeline.resize_probabilities=true", "pipeline.tta_flips=false"]
@@ -108,7 +114,8 @@ def main() -> int:
 
 def run(name: str, seed: int, work: Path, out: Path, steps: int, draws: int) -> dict:
     """Train (row, seed) for ``steps`` steps and score it on both renderers; reuse a stored result."""
-    slug = f"{re.sub('[^a-z0-9]+', '-', name.split(':')[0].lower()).strip('-')}-{steps}-s{seed}"
+    version = "" if INPUTS == 1 else f"-v{INPUTS}"
+    slug = f"{re.sub('[^a-z0-9]+', '-', name.split(':')[0].lower()).strip('-')}-{steps}{version}-s{seed}"
     result_path = out / f"{slug}.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
@@ -135,7 +142,8 @@ def run(name: str, seed: int, work: Path, out: Path, steps: int, draws: int) -> 
     localizer = build_model(small.localizer)
     model = TwoStageModel(localizer, small.localizer, net, trained, pipeline)
     scores = {folder: score(work / folder, model) for folder in RENDERERS}
-    result = {"row": name, "settings": ROWS[name], "seed": seed, "steps": steps, "draws_per_epoch": draws,
+    result = {"row": name, "settings": ROWS[name], "inputs": INPUTS, "seed": seed, "steps": steps,
+              "draws_per_epoch": draws,
               "threads": torch.get_num_threads(), "train_seconds": train_seconds, "per_case": scores}
     result_path.write_text(json.dumps(result, indent=1))
     return result
@@ -176,26 +184,28 @@ def summarize_row(runs: list[dict], folder: str, region: str, draws: int = 2000)
 
 def markdown(out: Path) -> str:
     runs = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
-    groups: dict[tuple[str, int], list[dict]] = {}
+    groups: dict[tuple[str, int, int], list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["row"], r["steps"]), []).append(r)
+        groups.setdefault((r["row"], r["steps"], r.get("inputs", 1)), []).append(r)
     header = " | ".join(f"{RENDERERS[f]}: {'kidney+tumour' if g == 'kidney_tumor' else 'tumour'}"
                         for f in RENDERERS for g in REGIONS)
-    lines = [f"| recipe (stage 2, ground-truth boxes) | steps | seeds | {header} |",
-             "|---|---|---|" + "---|" * (len(RENDERERS) * len(REGIONS))]
+    lines = [f"| recipe (stage 2, ground-truth boxes) | inputs | steps | seeds | {header} |",
+             "|---|---|---|---|" + "---|" * (len(RENDERERS) * len(REGIONS))]
     order = {name: i for i, name in enumerate(ROWS)}
-    for (name, steps), group in sorted(groups.items(), key=lambda kv: (kv[0][1], order.get(kv[0][0], 99))):
+    for (name, steps, inputs), group in sorted(groups.items(),
+                                               key=lambda kv: (kv[0][2], kv[0][1], order.get(kv[0][0], 99))):
         cells = []
         for folder in RENDERERS:
             for region in REGIONS:
                 s = summarize_row(group, folder, region)
                 cells.append(f"{s['mean']:.3f} ({s['seed_min']:.3f}-{s['seed_max']:.3f}; "
                              f"CI {s['ci_low']:.2f}-{s['ci_high']:.2f})")
-        lines.append(f"| {name} | {steps} | {len(group)} | {' | '.join(cells)} |")
+        lines.append(f"| {name} | v{inputs} | {steps} | {len(group)} | {' | '.join(cells)} |")
     # Wall-clock minutes per run are in each run's JSON (train_seconds) but not here: runs share the
     # machine, so they say nothing about a row's cost; that follows from steps x the step time of
     # benchmarks/train_speed.py, measured on a quiet machine.
-    return ("Each cell: mean over seeds (seed means min-max; bootstrap 95 % interval over the 30 cases).\n\n"
+    return ("Each cell: mean over seeds (seed means min-max; bootstrap 95 % interval over the 30 cases). Inputs v1:\n"
+            "resize, then rotation of the resized cube; v2: one interpolation (kidneyseg.stage_input).\n\n"
             + "\n".join(lines) + "\n")
 
 

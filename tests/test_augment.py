@@ -47,3 +47,20 @@ def test_rotation_is_rigid_in_millimetres_on_anisotropic_voxels():
     assert abs(int(turned.sum()) - int(disc.sum())) <= 0.03 * disc.sum()
     extent_x = np.ptp(np.flatnonzero(turned[:, 20, 0])) * 0.5
     assert 18 <= extent_x <= 21  # still 20 mm across along X
+
+
+def test_a_larger_box_shows_the_anatomy_smaller():
+    """scale 1.25 samples a box 1.25 x larger on each axis into the same grid: a centred cube keeps
+    its centre and its volume shrinks by 1.25**3; scale_range 0 never draws a scale."""
+    from kidneyseg.stage_input import Warp
+
+    cube = np.zeros((40, 40, 40), np.uint8)
+    cube[10:30, 10:30, 10:30] = 1
+    box = Box((0, 0, 0), cube.shape)
+    smaller = stage_labels(Source(cube), box, cube.shape, warp=Warp(scale=1.25))[0].numpy()
+    assert abs(smaller.sum() / cube.sum() - 1 / 1.25**3) < 0.05
+    assert np.array_equal(np.argwhere(smaller).mean(axis=0), np.argwhere(cube).mean(axis=0))
+    stage = micro_stage("segmenter")
+    assert all(draw_warp(stage, np.random.RandomState(s)).scale == 1.0 for s in range(5))
+    scaled = [draw_warp(replace(stage, scale_range=0.2), np.random.RandomState(s)).scale for s in range(50)]
+    assert min(scaled) >= 1 / 1.2 - 1e-9 and max(scaled) <= 1.2 + 1e-9 and len(set(scaled)) == 50

@@ -65,6 +65,9 @@ class StageConfig:
     flip_prob: float = 0.5  # per axis
     rotate_deg: float = 15.0  # uniform rotation of axial slices in [-rotate_deg, rotate_deg]
     translate_vox: int = 8  # stage 2: random shift of the crop box, per axis, in voxels
+    # > 0: the box scaled about its centre by a factor drawn log-uniformly from [1 / (1 + r), 1 + r] (anatomy
+    # seen larger or smaller, as at another voxel spacing or crop size); 0: never (the paper)
+    scale_range: float = 0.0
     tumor_fraction: float = 0.0  # stage 2: share of training draws taken from crops with tumour (0: uniform)
     intensity_prob: float = 0.0  # chance of each intensity augmentation (shift, scale, noise, blur) per sample
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matrix work to bfloat16 (weights stay fp32)
@@ -90,7 +93,8 @@ class StageConfig:
         _check(self.batch_size >= 1 and self.epochs >= 1 and self.samples_per_epoch >= 0 and self.val_every >= 1,
                "positive counts")
         _check(self.max_minutes >= 0 and 0 < self.val_fraction < 1, "max_minutes >= 0, 0 < val_fraction < 1")
-        _check(0 <= self.flip_prob <= 1 and self.rotate_deg >= 0 and self.translate_vox >= 0, "augmentation")
+        _check(0 <= self.flip_prob <= 1 and self.rotate_deg >= 0 and self.translate_vox >= 0
+               and 0 <= self.scale_range < 1, "augmentation (0 <= scale_range < 1)")
         _check(0 <= self.tumor_fraction <= 1 and 0 <= self.intensity_prob <= 1,
                "0 <= tumor_fraction <= 1, 0 <= intensity_prob <= 1")
 

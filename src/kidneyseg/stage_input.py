@@ -9,7 +9,7 @@ of ``size`` voxels: output voxel j samples the box at
 (voxel centres aligned and the box's edge repeated where the zoom enlarges, as torch's trilinear
 resize of the cropped box with ``align_corners=False``). Images are
 interpolated trilinearly, labels take the nearest voxel, floor(p + 0.5). A ``Warp`` moves these
-positions for training (a shift, a rotation in the axial plane about the box's centre, flips), so
+positions for training (a scale and an axial rotation about the box's centre, a shift, flips), so
 that crop, zoom, jitter and rotation are one interpolation of the source, never a resize followed
 by a rotation. With no warp the result depends only on the CT's values, the box and the size, not
 on which part of the CT a ``Source`` holds: a cached region around a box gives exactly (bitwise)
@@ -31,13 +31,16 @@ from kidneyseg.preprocess import normalize_ct
 
 @dataclass(frozen=True)
 class Warp:
-    """Training augmentation of one draw: ``shift_vox`` moves the box (source voxels per axis),
-    ``rotate_rad`` turns it about its centre in the axial (X, Y) plane (measured in mm, so that
-    the rotation is rigid whatever the voxel shape), ``flip`` mirrors the output along each axis."""
+    """Training augmentation of one draw: ``scale`` grows (> 1) or shrinks the box about its centre, so
+    that the network sees the anatomy larger or smaller, as at another voxel spacing; ``shift_vox``
+    moves the box (source voxels per axis); ``rotate_rad`` turns it about its centre in the axial
+    (X, Y) plane (measured in mm, so that the rotation is rigid whatever the voxel shape); ``flip``
+    mirrors the output along each axis."""
 
     shift_vox: tuple[float, float, float] = (0.0, 0.0, 0.0)
     rotate_rad: float = 0.0
     flip: tuple[bool, bool, bool] = (False, False, False)
+    scale: float = 1.0
 
 
 IDENTITY = Warp()
@@ -73,15 +76,19 @@ class Source:
 def positions(box: Box, size: Shape3, spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0),
               warp: Warp = IDENTITY) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Source coordinates (float64) of the output voxels, one array per axis, broadcasting to ``size``:
-    shapes (n, 1, 1), (1, n, 1), (1, 1, n) without rotation; X and Y become (n, n, 1) with one."""
+    shapes (n, 1, 1), (1, n, 1), (1, 1, n) without rotation; X and Y become (n, n, 1) with one.
+    The warp scales the grid about the box's centre, rotates it there (in mm) and shifts it."""
     axes = []
     for axis in range(3):
         n, lo, extent = size[axis], box.lo[axis], box.size_vox[axis]
         # Clamped to the box's first and last voxel centres, as a resize of the cropped box would.
-        p = np.clip(lo + (np.arange(n) + 0.5) * (extent / n) - 0.5, lo, lo + extent - 1) + warp.shift_vox[axis]
+        p = np.clip(lo + (np.arange(n) + 0.5) * (extent / n) - 0.5, lo, lo + extent - 1)
+        if warp.scale != 1.0:
+            centre = lo + (extent - 1) / 2
+            p = centre + (p - centre) * warp.scale
         shape = [1, 1, 1]
         shape[axis] = n
-        axes.append(p.reshape(shape))
+        axes.append(p.reshape(shape) + warp.shift_vox[axis])
     px, py, pz = axes
     if warp.rotate_rad:
         cx, cy = (box.lo[a] + (box.size_vox[a] - 1) / 2 + warp.shift_vox[a] for a in (0, 1))

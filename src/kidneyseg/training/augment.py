@@ -1,5 +1,5 @@
 """Training augmentation: the geometric part of a draw (flips on all three axes, a rotation of axial
-slices and, for stage 2, a shift of the crop box) as a Warp that kidneyseg.stage_input folds into
+slices, optionally a scale and, for stage 2, a shift of the crop box) as a Warp that kidneyseg.stage_input folds into
 the draw's one interpolation; with ``intensity_prob`` > 0, intensity changes of the image (shift,
 scale, noise, blur) with MONAI.
 
@@ -27,14 +27,18 @@ from kidneyseg.stage_input import Warp
 
 
 def draw_warp(stage: StageConfig, rng: np.random.RandomState) -> Warp:
-    """Flips (each axis with ``flip_prob``), a uniform axial rotation in [-rotate_deg, rotate_deg] and,
-    for the segmenter, a whole-voxel shift in [-translate_vox, translate_vox] per axis."""
+    """Flips (each axis with ``flip_prob``), a uniform axial rotation in [-rotate_deg, rotate_deg], with
+    ``scale_range`` a log-uniform scale, and, for the segmenter, a whole-voxel shift in
+    [-translate_vox, translate_vox] per axis."""
     flip = tuple(bool(f) for f in rng.random_sample(3) < stage.flip_prob)
     angle = math.radians(rng.uniform(-stage.rotate_deg, stage.rotate_deg)) if stage.rotate_deg else 0.0
     shift = (0.0, 0.0, 0.0)
     if stage.stage == "segmenter" and stage.translate_vox:
         shift = tuple(float(v) for v in rng.randint(-stage.translate_vox, stage.translate_vox + 1, size=3))
-    return Warp(shift, angle, flip)
+    scale = 1.0
+    if stage.scale_range:
+        scale = float(np.exp(rng.uniform(-1, 1) * np.log1p(stage.scale_range)))
+    return Warp(shift, angle, flip, scale)
 
 
 def make_intensity(stage: StageConfig) -> Compose | None:

@@ -72,7 +72,8 @@ def fingerprint(cases: list[io.layout.Case], stage: StageConfig, pipeline: Pipel
     else:
         relevant.update(margin_vox=pipeline.margin_vox, min_box_vox=pipeline.min_box_vox, margin_mm=pipeline.margin_mm,
                         min_box_mm=pipeline.min_box_mm, min_region_fraction=pipeline.min_region_fraction,
-                        translate_vox=stage.translate_vox, rotate_deg=stage.rotate_deg)
+                        translate_vox=stage.translate_vox, rotate_deg=stage.rotate_deg,
+                        scale_range=stage.scale_range)
     files = [[c.case_id, *(_stat(p) for p in (c.image, c.label))] for c in cases]
     relevant["files"] = hashlib.sha256(json.dumps(files).encode()).hexdigest()
     return relevant
@@ -145,14 +146,16 @@ def _cache_whole(cache_dir: Path, case_id: str, source: Source, labels: np.ndarr
 
 
 def spare_vox(box: Box, spacing_mm: tuple[float, float, float], stage: StageConfig) -> tuple[int, int, int]:
-    """Voxels to store around a crop box so that every jittered, rotated draw samples stored data:
-    the shift, the growth of the box's axial corners under the largest rotation, and 2 for rounding
-    and the interpolation's neighbours."""
+    """Voxels to store around a crop box so that every warped draw samples stored data: the shift, the
+    growth of the box under the largest scale and of its axial corners under the largest rotation,
+    and 2 for rounding and the interpolation's neighbours."""
     theta = np.radians(stage.rotate_deg)
-    half_mm = [(n - 1) / 2 * s for n, s in zip(box.size_vox, spacing_mm, strict=True)]
-    grow = [half_mm[0] * (np.cos(theta) - 1) + half_mm[1] * np.sin(theta),
-            half_mm[1] * (np.cos(theta) - 1) + half_mm[0] * np.sin(theta), 0.0]
-    return tuple(stage.translate_vox + int(np.ceil(max(g, 0.0) / s)) + 2 for g, s in zip(grow, spacing_mm, strict=True))
+    half = [(n - 1) / 2 * s * (1 + stage.scale_range) for n, s in zip(box.size_vox, spacing_mm, strict=True)]
+    reach = [half[0] * np.cos(theta) + half[1] * np.sin(theta), half[1] * np.cos(theta) + half[0] * np.sin(theta),
+             half[2]]
+    own = [(n - 1) / 2 * s for n, s in zip(box.size_vox, spacing_mm, strict=True)]
+    return tuple(stage.translate_vox + int(np.ceil(max(r - o, 0.0) / s)) + 2
+                 for r, o, s in zip(reach, own, spacing_mm, strict=True))
 
 
 def _cache_kidneys(cache_dir: Path, case_id: str, source: Source, labels: np.ndarray, boxes: list[Box],
