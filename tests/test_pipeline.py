@@ -181,13 +181,17 @@ def test_shards_together_write_what_one_run_writes(phantom_dir, trained_model, t
 
 
 def test_prediction_precision_overrides_the_trained_one(trained_model, monkeypatch):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     assert load_model_dir(trained_model).segmenter_config.precision == "bf16"  # tiny trains in bf16
     model = load_model_dir(trained_model, precision="fp32")
     assert model.localizer_config.precision == model.segmenter_config.precision == "fp32"
+    with pytest.warns(UserWarning, match="fp16 is for GPUs"):
+        assert load_model_dir(trained_model, precision="fp16").segmenter_config.precision == "fp32"
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
-    with pytest.warns(UserWarning, match="no bf16 support"):
-        fallback = load_model_dir(trained_model, precision="bf16")
-    assert fallback.segmenter_config.precision == "fp32"
+    for asked in ("bf16", None):  # asked for, or the stage's own: a CPU without bf16 predicts in fp32
+        with pytest.warns(UserWarning, match="no bf16 support"):
+            fallback = load_model_dir(trained_model, precision=asked)
+        assert fallback.segmenter_config.precision == "fp32"
 
 
 def test_prediction_never_imports_the_training_package():

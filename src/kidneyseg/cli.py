@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import warnings
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes preparing the training inputs (default: 0 = in the training process on a CPU, "
                         "whose cores the network uses; on a GPU one per core beyond the first, at most 8); the "
                         "trained weights are the same for any number")
+    p.add_argument("--compile", action="store_true",
+                   help="run the network through torch.compile (compiles once at the start; for long GPU runs)")
 
     p = sub.add_parser("predict", help="segment a CT file, DICOM folder or KiTS-layout folder", epilog=EPILOG)
     p.add_argument("input", type=Path, help="a .nii/.nii.gz CT, a DICOM series folder, or a folder of cases")
@@ -66,9 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nifti (OUT_DIR/<case_id>.nii.gz, default), dicom-seg (OUT_DIR/<case_id>.seg.dcm, a DICOM "
                         "Segmentation referencing the input series; DICOM inputs only, needs kidneyseg[dicom]) "
                         "or both")
-    p.add_argument("--precision", choices=("fp32", "bf16"),
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
                    help="network precision for prediction (default: each stage's own, as trained); bf16 falls back "
-                        "to fp32 on a CPU without bf16 support")
+                        "to fp32 on a device without bf16 support, fp16 (for GPUs) on a CPU")
     p.add_argument("--shard", metavar="K/N", type=_shard, default=(1, 1),
                    help="predict every N-th input of the sorted list from the K-th on (1-based), e.g. 3/8 as job 3 "
                         "of a cluster array of 8; the shards together write what one run would")
@@ -163,9 +166,10 @@ def _train(args) -> int:
              if v is not None]
     stage, pipeline = override_preset(preset(args.preset), args.stage, extra + args.overrides)
     result = fit(args.data, args.out, stage, pipeline, resume=args.resume, overwrite=args.overwrite,
-                 device=args.device, workers=args.workers)
-    print(f"{args.stage}: {result.epochs_done} epochs, {result.minutes:.1f} min, best validation Dice "
-          f"{result.best_val_dice:.3f}; weights in {result.run_dir}")
+                 device=args.device, workers=args.workers, compile=args.compile)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0
+        print(f"{args.stage}: {result.epochs_done} epochs, {result.minutes:.1f} min, best validation Dice "
+              f"{result.best_val_dice:.3f}; weights in {result.run_dir}")
     return 0
 
 

@@ -70,7 +70,9 @@ class StageConfig:
     scale_range: float = 0.0
     tumor_fraction: float = 0.0  # stage 2: share of training draws taken from crops with tumour (0: uniform)
     intensity_prob: float = 0.0  # chance of each intensity augmentation (shift, scale, noise, blur) per sample
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matrix work to bfloat16 (weights stay fp32)
+    # bf16: autocast matrix work to bfloat16 (weights stay fp32); fp16: float16 with a gradient scaler, for GPUs
+    # without bf16
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -85,7 +87,7 @@ class StageConfig:
                f"one class weight per class ({self.network.num_classes})")
         _check(all(w >= 0 for w in self.class_weights) and sum(self.class_weights) > 0, "class weights >= 0")
         _check(self.loss in LOSSES, f"loss is one of {LOSSES}")
-        _check(self.precision in ("fp32", "bf16"), "precision is 'fp32' or 'bf16'")
+        _check(self.precision in ("fp32", "bf16", "fp16"), "precision is 'fp32', 'bf16' or 'fp16'")
         _check(self.lr_schedule in ("exponential", "poly") and self.optimizer in ("adam", "sgd"),
                "lr_schedule is 'exponential' or 'poly', optimizer 'adam' or 'sgd'")
         _check(self.warmup_steps >= 0, "warmup_steps >= 0")

@@ -46,7 +46,7 @@ class TwoStageModel:
 
     def __post_init__(self) -> None:
         if isinstance(self.localizer, torch.nn.Module):  # PyTorch (not an ONNX Runtime session)
-            self.localizer = place(self.localizer, self.device)  # on the device, channels-last on CPUs
+            self.localizer = place(self.localizer, self.device)  # on the device, channels-last
         if isinstance(self.segmenter, torch.nn.Module):
             self.segmenter = place(self.segmenter, self.device)
 
@@ -70,8 +70,9 @@ def load_model_dir(model_dir: str | Path, device: str = "cpu", precision: str | 
     """Load ``model_dir/{localizer,segmenter}/best.safetensors``, ``model_dir/pipeline.json`` and, where
     training wrote it, ``model_dir/data_profile.json``.
 
-    ``precision`` ("fp32" or "bf16") replaces the precision the stages were trained with for
-    prediction; bf16 falls back to fp32, with a warning, on a CPU without bf16 support.
+    ``precision`` ("fp32", "bf16" or "fp16") replaces the precision the stages were trained with for
+    prediction; bf16 falls back to fp32, with a warning, on a device without bf16 support, fp16 on a
+    CPU.
     ``pipeline_overrides`` replace pipeline settings (e.g. ``tta_flips=True``). ``backend``
     "onnxruntime" loads a directory written by ``kidneyseg export`` (kidneyseg.export): the networks
     run in ONNX Runtime, in fp32, on the CPU.
@@ -97,9 +98,11 @@ def load_model_dir(model_dir: str | Path, device: str = "cpu", precision: str | 
         if cfg.network.num_classes != classes:
             raise ModelFileError(f"expected a {classes}-class {path.name}, found {cfg.network.num_classes} classes",
                                  path)
-    precision = supported_precision(precision, device)
-    if precision is not None:
-        loc_cfg, seg_cfg = replace(loc_cfg, precision=precision), replace(seg_cfg, precision=precision)
+    # Each stage runs in ``precision`` if given, else in its own (a GPU-trained fp16 stage on a CPU: fp32).
+    loc_cfg, seg_cfg = (replace(cfg, precision=supported_precision(precision or cfg.precision, device))
+                        for cfg in (loc_cfg, seg_cfg))
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels once
     return TwoStageModel(loc, loc_cfg, seg, seg_cfg, pipeline, device, read_profile(model_dir))
 
 
@@ -107,8 +110,8 @@ def _load_onnx_dir(model_dir: Path, device: str, precision: str | None, override
     from kidneyseg.export import OnnxNetwork, require_onnx_extra
 
     require_onnx_extra("onnxruntime")
-    if torch.device(device).type != "cpu" or precision == "bf16":
-        raise UsageError("the onnxruntime backend runs in fp32 on the CPU; drop --device/--precision bf16")
+    if torch.device(device).type != "cpu" or precision in ("bf16", "fp16"):
+        raise UsageError("the onnxruntime backend runs in fp32 on the CPU; drop --device and --precision")
     pipeline_path = model_dir / "pipeline.json"
     networks = [model_dir / f"{stage}.onnx" for stage in ("localizer", "segmenter")]
     for path in (pipeline_path, *networks):
@@ -125,14 +128,27 @@ def _load_onnx_dir(model_dir: Path, device: str, precision: str | None, override
 
 
 def supported_precision(precision: str | None, device: str) -> str | None:
-    """``precision`` if the device runs it; bf16 on a CPU without bf16 support becomes fp32 (with a warning:
-    oneDNN would emulate it, several times slower than fp32)."""
-    if precision not in (None, "fp32", "bf16"):
-        raise UsageError(f"precision must be fp32 or bf16, got {precision!r}")
-    if precision == "bf16" and torch.device(device).type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        warnings.warn("this CPU has no bf16 support; predicting in fp32", stacklevel=3)
+    """``precision`` if the device runs it, else fp32 with a warning: bf16 on a CPU or GPU without bf16
+    support (oneDNN would emulate it, several times slower than fp32), fp16 on a CPU (emulated)."""
+    if precision not in (None, "fp32", "bf16", "fp16"):
+        raise UsageError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+    if precision is None or precision == "fp32":
+        return precision
+    kind = torch.device(device).type
+    if precision == "fp16" and kind == "cpu":
+        warnings.warn("fp16 is for GPUs; predicting in fp32 on this CPU (bf16 is the CPU option)", stacklevel=3)
+        return "fp32"
+    if precision == "bf16" and not bf16_supported(device):
+        warnings.warn(f"this {'CPU' if kind == 'cpu' else 'GPU'} has no bf16 support; predicting in fp32", stacklevel=3)
         return "fp32"
     return precision
+
+
+def bf16_supported(device: str) -> bool:
+    """Whether the device runs bf16 natively (a CPU with AVX512-BF16/AMX, a GPU from Ampere on)."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _check_stages_agree(model_dir: Path, pipeline: PipelineConfig) -> None:

@@ -79,9 +79,11 @@ def run_pipeline(run_dir: Path) -> PipelineConfig | None:
 
 
 def autocast(precision: str, device: str) -> torch.autocast:
-    """bf16 autocast on the device's type when ``precision`` is 'bf16'; a no-op context for 'fp32'."""
+    """Autocast on the device's type to bfloat16 ('bf16') or float16 ('fp16', GPUs, with a gradient
+    scaler in training); a no-op context for 'fp32'."""
     device_type = torch.device(device).type
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type, dtype=dtype, enabled=precision in ("bf16", "fp16"))
 
 
 def first_line(exc: BaseException) -> str:

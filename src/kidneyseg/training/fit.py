@@ -15,6 +15,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from kidneyseg.model import place
 from kidneyseg.outputs import probabilities, to_labels
 from kidneyseg.profile import write_profile
 from kidneyseg.report import save_training_curves
+from kidneyseg.training import distributed
 from kidneyseg.training.cache import Sample, build_cache
 from kidneyseg.training.checkpoint import load_state, save_state
 from kidneyseg.training.data import Draws, keep_items, load_sample
@@ -55,33 +57,48 @@ class FitResult:
 
 
 def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineConfig, *, resume: bool = False,
-        overwrite: bool = False, device: str = "cpu", progress: bool = True, workers: int | None = None) -> FitResult:
+        overwrite: bool = False, device: str = "cpu", progress: bool = True, workers: int | None = None,
+        compile: bool = False) -> FitResult:
     """Train ``stage`` on the KiTS-layout ``data_dir``; write the run into ``model_dir/<stage>``.
+
     ``workers``: processes preparing the inputs (None: ``default_workers(device)``; 0: this process);
-    the weights do not depend on it."""
+    the weights do not depend on it. ``compile``: run the network through ``torch.compile``. Under
+    torchrun each process is one rank of a DistributedDataParallel run (kidneyseg.training.distributed);
+    rank 0 writes the run folder.
+    """
+    ranks, device = distributed.setup(device)
     workers = default_workers(device) if workers is None else workers
-    if workers < 0:
-        raise UsageError(f"--workers must be 0 or more, got {workers}")
-    run_dir = io.check_output_dir(Path(model_dir) / stage.stage)
-    _prepare_run_dir(run_dir, stage, pipeline, resume, overwrite)
+    _check_device(stage, device, workers)
+    run_dir = Path(model_dir) / stage.stage
     cases = io.layout.kits_cases(data_dir)
-    samples = build_cache(cases, Path(model_dir) / "cache" / stage.stage, stage, pipeline, progress)
-    write_profile(model_dir, cases)  # what inputs to expect, for the report's input_unlike_training flag
+    if ranks.main:  # the run folder and the cache first, then the other ranks read them
+        run_dir = io.check_output_dir(run_dir)
+        _prepare_run_dir(run_dir, stage, pipeline, resume, overwrite)
+        build_cache(cases, Path(model_dir) / "cache" / stage.stage, stage, pipeline, progress)
+        write_profile(model_dir, cases)  # what inputs to expect, for the report's input_unlike_training flag
+    distributed.barrier(ranks)
+    samples = build_cache(cases, Path(model_dir) / "cache" / stage.stage, stage, pipeline, False)
     train, val = split_samples(samples, stage.val_fraction, stage.seed)
     torch.manual_seed(stage.seed)
-    model = place(build_model(stage), device)
-    optimizer = make_optimizer(model, stage)
+    net = place(build_model(stage), device)
+    optimizer = make_optimizer(net, stage)
+    scaler = torch.amp.GradScaler("cuda") if stage.precision == "fp16" else None
+    torch.manual_seed(stage.seed + ranks.rank)  # each rank its own dropout; rank 0 as a single process
     epoch, best, minutes, log = 0, -math.inf, 0.0, []
     if resume and (run_dir / "last_state.pt").exists():
         state = load_state(run_dir / "last_state.pt")
-        model.load_state_dict(state["model"])
+        net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        _set_rng(state, ranks.rank)
         epoch, best, minutes, log = state["epoch"], state["best_val_dice"], state["minutes"], state["log"]
+    model = _parallel(net, ranks, device, compile)
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one input size: let cuDNN pick its fastest kernels once
     loss_fn = make_loss(stage)
-    bar = tqdm(total=stage.epochs, initial=epoch, desc=f"train {stage.stage}", unit="epoch", disable=not progress)
+    bar = tqdm(total=stage.epochs, initial=epoch, desc=f"train {stage.stage}", unit="epoch",
+               disable=not (progress and ranks.main))
     # The budget counts training and validation; it is checked before every step, so a run stops
     # within one step (plus the validation of its last, possibly partial, epoch) of --minutes.
     deadline = time.perf_counter() + (stage.max_minutes - minutes) * 60 if stage.max_minutes else math.inf
@@ -96,29 +113,71 @@ def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineC
             progress = max(progress, 1 - (deadline - time.perf_counter()) / (60 * stage.max_minutes))
         return learning_rate(stage, epoch, step, min(progress, 1.0))
 
-    while epoch < stage.epochs and time.perf_counter() < deadline:
+    step = Step(model, optimizer, loss_fn, scaler, stage, device, ranks, workers)
+    while epoch < stage.epochs and not distributed.any_rank(time.perf_counter() >= deadline, ranks, device):
         start = time.perf_counter()
-        train_loss, drawn, waited = _train_epoch(model, optimizer, loss_fn, train, stage, epoch, device, deadline,
-                                                 lr_at, workers)
+        train_loss, drawn, waited = _train_epoch(step, train, epoch, deadline, lr_at)
         train_seconds = time.perf_counter() - start
         epoch += 1
-        last = epoch >= stage.epochs or time.perf_counter() >= deadline
-        scores = validate(model, val, stage, device) if last or epoch % stage.val_every == 0 else {}
+        last = epoch >= stage.epochs or distributed.any_rank(time.perf_counter() >= deadline, ranks, device)
+        scores = validate(net, val, stage, device, ranks) if last or epoch % stage.val_every == 0 else {}
         minutes += (time.perf_counter() - start) / 60
         log.append({"epoch": epoch, "train_loss": train_loss, **scores, "lr": optimizer.param_groups[0]["lr"],
                     "minutes": minutes, "samples": drawn, "step_s": train_seconds / max(drawn, 1),
                     "data_wait_s": waited / max(drawn, 1)})
         improved = bool(scores) and scores["val_dice"] > best
         best = max(best, scores.get("val_dice", -math.inf))
-        _save_epoch(run_dir, model, optimizer, stage, epoch, best, minutes, log, improved)
-        if epoch % CURVES_EVERY == 0:
-            save_training_curves(log, run_dir / "curves.png", title=f"{stage.stage} training")
+        rng = distributed.gather_objects(_rng_state(), ranks)
+        if ranks.main:
+            _save_epoch(run_dir, net, optimizer, scaler, stage, epoch, best, minutes, log, improved, rng)
+            if epoch % CURVES_EVERY == 0:
+                save_training_curves(log, run_dir / "curves.png", title=f"{stage.stage} training")
         bar.update(1)
         bar.set_postfix(loss=f"{train_loss:.3f}", val_dice=f"{best:.3f}")
     bar.close()
-    if log:
+    if log and ranks.main:
         save_training_curves(log, run_dir / "curves.png", title=f"{stage.stage} training")
+    distributed.barrier(ranks)
+    distributed.shutdown(ranks)
     return FitResult(run_dir, epoch, best, minutes)
+
+
+def _check_device(stage: StageConfig, device: str, workers: int) -> None:
+    if workers < 0:
+        raise UsageError(f"--workers must be 0 or more, got {workers}")
+    kind = torch.device(device).type
+    if stage.precision == "fp16" and kind != "cuda":
+        raise UsageError("precision fp16 (with a gradient scaler) is for CUDA GPUs; on a CPU use bf16 or fp32")
+    if stage.precision == "bf16" and kind == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UsageError("this GPU has no bf16 support; train with --set precision=fp16 or fp32")
+
+
+def _parallel(net: torch.nn.Module, ranks: distributed.Ranks, device: str, compile: bool) -> torch.nn.Module:
+    """The module the training steps call: ``net`` itself, compiled with ``compile``, wrapped in
+    DistributedDataParallel under torchrun (``net`` stays the plain module that is saved)."""
+    model = net
+    if ranks.world > 1:
+        ids = [torch.device(device).index] if torch.device(device).type == "cuda" else None
+        # The 1x1x1 convolutions' weights have ambiguous channels-last strides; DDP warns that their
+        # gradients' strides differ from its buckets' (a copy of a few hundred numbers, no error).
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    return torch.compile(model) if compile else model
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng(state: dict, rank: int) -> None:
+    """Each rank's random state where the run stopped (older states hold rank 0's as ``torch_rng``)."""
+    ranks = state.get("rng_ranks") or [{"torch": state["torch_rng"], "cuda": state.get("cuda_rng")}]
+    if rank >= len(ranks):
+        raise UsageError(f"--resume with more processes than the run was trained with ({len(ranks)})")
+    torch.set_rng_state(ranks[rank]["torch"])
+    if ranks[rank].get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ranks[rank]["cuda"])
 
 
 def default_workers(device: str) -> int:
@@ -143,37 +202,73 @@ def split_samples(samples: list[Sample], val_fraction: float, seed: int) -> tupl
     return [s for s in samples if s.case_id not in val_ids], [s for s in samples if s.case_id in val_ids]
 
 
-def _train_epoch(model, optimizer, loss_fn, train: list[Sample], stage: StageConfig, epoch: int, device: str,
-                 deadline: float, lr_at, workers: int) -> tuple[float, int, float]:
-    """One epoch: (mean loss, samples drawn, seconds spent waiting for input). Its data order and
-    augmentation depend only on (seed, epoch, draw), whatever ``workers`` is (0: inputs prepared in
-    this process). Past ``deadline`` (``time.perf_counter()``) it ends early, after at least one
-    step. ``lr_at(epoch, it)`` gives the learning rate, set before each step."""
-    model.train()
+@dataclass(frozen=True)
+class Step:
+    """What one training step needs besides its batch."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: object
+    scaler: torch.amp.GradScaler | None
+    stage: StageConfig
+    device: str
+    ranks: distributed.Ranks
+    workers: int
+
+
+def rank_draws(count: int, batch: int, ranks: distributed.Ranks) -> list[list[int]]:
+    """This rank's draws of an epoch of ``count``, one list per step. Step s uses the global batch of
+    draws [s * G, (s + 1) * G), G = ``batch`` x ranks, and rank r the r-th block of ``batch`` of it.
+    With several ranks an incomplete last global batch is dropped, so that every rank takes every step."""
+    size = batch * ranks.world
+    steps = count // size if ranks.world > 1 else -(-count // batch)
+    return [list(range(s * size + ranks.rank * batch, min(s * size + (ranks.rank + 1) * batch, count)))
+            for s in range(steps)]
+
+
+def _train_epoch(step: Step, train: list[Sample], epoch: int, deadline: float, lr_at) -> tuple[float, int, float]:
+    """One epoch: (mean loss over ranks, draws done by all ranks, seconds per rank spent waiting for
+    input). Its data order and augmentation depend only on (seed, epoch, draw), whatever the number
+    of workers (0: inputs prepared in this process) or ranks. Past ``deadline`` (``time.perf_counter()``,
+    agreed by all ranks) it ends early, after at least one step. ``lr_at(epoch, it)`` gives the
+    learning rate of the step starting at global draw ``it``."""
+    stage, ranks, device = step.stage, step.ranks, step.device
+    step.model.train()
     order = draw_order(train, stage, np.random.RandomState([stage.seed, epoch]))
+    mine = rank_draws(len(order), stage.batch_size, ranks)
     loader = torch.utils.data.DataLoader(
-        Draws(train, order, stage, epoch), batch_size=stage.batch_size, shuffle=False, num_workers=workers,
-        collate_fn=keep_items, pin_memory=torch.device(device).type == "cuda",
-        prefetch_factor=2 if workers else None)
+        torch.utils.data.Subset(Draws(train, order, stage, epoch), [k for ks in mine for k in ks]),
+        batch_size=stage.batch_size, shuffle=False, num_workers=step.workers, collate_fn=keep_items,
+        pin_memory=torch.device(device).type == "cuda", prefetch_factor=2 if step.workers else None)
     losses, waited, batches = [], 0.0, iter(loader)
-    for it in range(0, len(order), stage.batch_size):
-        if losses and time.perf_counter() >= deadline:
-            return float(np.mean(losses)), it, waited
+    global_batch = stage.batch_size * ranks.world
+    for s, draws in enumerate(mine):
+        if losses and distributed.any_rank(time.perf_counter() >= deadline, ranks, device):
+            break
         start = time.perf_counter()
         items = _next_batch(batches, epoch)
         waited += time.perf_counter() - start
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(epoch, it)
+        for group in step.optimizer.param_groups:
+            group["lr"] = lr_at(epoch, s * global_batch)
         images = torch.stack([p[0] for p in items]).to(device, non_blocking=True)
         labels = torch.stack([p[1] for p in items]).to(device, non_blocking=True)
-        loss = train_step(model, optimizer, loss_fn, images, labels, stage.precision, device,
-                          stage.deep_supervision_loss)
+        try:
+            loss = train_step(step.model, step.optimizer, step.loss_fn, images, labels, stage.precision, device,
+                              stage.deep_supervision_loss, step.scaler,
+                              lambda bad: distributed.any_rank(bad, ranks, device))
+        except RuntimeError as exc:
+            if ranks.world == 1:
+                raise
+            # DistributedDataParallel's gradient exchange runs inside backward: a rank that died shows here.
+            raise distributed.stopped_error(exc) from exc
         if not torch.isfinite(loss):
-            names = ", ".join(train[i].case_id for i in order[it:it + stage.batch_size])
-            raise TrainingDivergedError(f"loss became {loss.item()} at epoch {epoch + 1}, iteration {it + 1} "
+            names = ", ".join(train[order[k]].case_id for k in draws)
+            raise TrainingDivergedError(f"loss became {loss.item()} at epoch {epoch + 1}, iteration {s + 1} "
                                         f"(case {names}); the best checkpoint was left untouched")
         losses.append(loss.item())
-    return float(np.mean(losses)), len(order), waited
+    done = sum(len(ks) for ks in mine[:len(losses)])
+    total, count, drawn = distributed.sum_across([float(np.sum(losses)), len(losses), done], ranks, device)
+    return total / count, int(drawn), waited
 
 
 def _next_batch(batches, epoch: int) -> list:
@@ -213,18 +308,30 @@ def learning_rate(stage: StageConfig, epoch: int, step: int, progress: float) ->
 
 
 def train_step(model, optimizer, loss_fn, images: torch.Tensor, labels: torch.Tensor, precision: str,
-               device: str, all_scales: bool = False) -> torch.Tensor:
+               device: str, all_scales: bool = False, scaler: torch.amp.GradScaler | None = None,
+               any_bad=None) -> torch.Tensor:
     """One optimiser step on a batch: forward (autocast per ``precision``; logits at every scale with
-    ``all_scales``), loss, and, only when the loss is finite, backward and update. Returns the loss;
-    a non-finite one changed nothing."""
+    ``all_scales``), loss, and, only when the loss is finite, backward and update (through
+    ``scaler`` for fp16). ``any_bad(flag)`` tells whether any rank's loss is not finite, so that all
+    ranks skip together. Returns the loss; a non-finite one changed nothing."""
     optimizer.zero_grad(set_to_none=True)
     with autocast(precision, device):
         logits = model(images, all_scales=all_scales)
     logits = [out.float() for out in logits] if all_scales else logits.float()
     loss = loss_fn(logits, labels)
-    if torch.isfinite(loss):
-        loss.backward()
-        optimizer.step()
+    bad = not bool(torch.isfinite(loss))
+    if any_bad is not None:
+        bad = any_bad(bad)
+    if not bad:
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+    elif bool(torch.isfinite(loss)):
+        loss = torch.full_like(loss, float("nan"))  # another rank's loss was not finite: stop alike
     return loss
 
 
@@ -241,19 +348,22 @@ def draw_order(train: list[Sample], stage: StageConfig, rng: np.random.RandomSta
 
 
 @torch.inference_mode()
-def validate(model, val: list[Sample], stage: StageConfig, device: str) -> dict[str, float]:
+def validate(model, val: list[Sample], stage: StageConfig, device: str,
+             ranks: distributed.Ranks = distributed.SINGLE) -> dict[str, float]:
     """Dice per validation case at the network's input resolution, on un-augmented samples.
 
     Localizer: ``val_dice`` = foreground Dice. Segmenter: mean of kidney+tumour and tumour Dice,
     each pooled over the case's kidney crops (so a crop without tumour counts through its false
-    positives only, as it would in the whole case, instead of scoring 0 on its own).
+    positives only, as it would in the whole case, instead of scoring 0 on its own). With several
+    ranks each takes every N-th case and the per-case Dice values are summed across ranks.
     """
     model.eval()
     regions = {"val_kidney_tumor": lambda a: a > 0}
     if stage.network.num_classes > 2:
         regions["val_tumor"] = lambda a: a == 2
+    mine = set(sorted({s.case_id for s in val})[ranks.rank::ranks.world])
     counts: dict[str, dict[str, np.ndarray]] = {}  # case -> region -> (overlap, predicted, true) voxels
-    for sample in val:
+    for sample in (s for s in val if s.case_id in mine):
         image, label = load_sample(sample, stage, None)
         with autocast(stage.precision, device):
             logits = model(image[None].to(device))
@@ -263,7 +373,9 @@ def validate(model, val: list[Sample], stage: StageConfig, device: str) -> dict[
         for key, select in regions.items():
             p, t = select(pred), select(truth)
             case[key] += [np.count_nonzero(p & t), np.count_nonzero(p), np.count_nonzero(t)]
-    scores = {key: float(np.mean([dice_from_counts(*c[key]) for c in counts.values()])) for key in regions}
+    sums = [sum(dice_from_counts(*c[key]) for c in counts.values()) for key in regions]
+    *sums, cases = distributed.sum_across([*sums, len(counts)], ranks, device)
+    scores = {key: total / cases for key, total in zip(regions, sums, strict=True)}
     scores["val_dice"] = float(np.mean(list(scores.values())))
     return scores
 
@@ -304,16 +416,16 @@ def _check_other_stage(run_dir: Path, stage: StageConfig, pipeline: PipelineConf
                          "and pipeline.* overrides, or train into another model directory", run_dir.parent / other)
 
 
-def _save_epoch(run_dir, model, optimizer, stage, epoch, best, minutes, log, improved) -> None:
+def _save_epoch(run_dir, model, optimizer, scaler, stage, epoch, best, minutes, log, improved, rng) -> None:
+    """Weights (best when ``improved``, last) and the resume state; ``rng``: every rank's random state."""
     meta = {"epoch": epoch, "val_dice": log[-1].get("val_dice")}
     if improved:
         save_weights(run_dir / "best.safetensors", model, stage, **meta)
     save_weights(run_dir / "last.safetensors", model, stage, **meta)
     save_state(run_dir / "last_state.pt", {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "epoch": epoch, "best_val_dice": best, "minutes": minutes,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng_ranks": rng, "epoch": epoch, "best_val_dice": best, "minutes": minutes,
         "log": log, "config": to_json(stage),
     })
     io.atomic_write_text(run_dir / "log.csv", _csv(log))

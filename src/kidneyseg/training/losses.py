@@ -7,6 +7,9 @@
   tumour), soft Dice of the regions weighted by ``class_weights[1:]`` plus binary cross-entropy, as
   nnU-Net trains KiTS21 (it weights the regions equally: ``class_weights=0,1,1``).
 
+Dice terms are per sample, averaged over the batch (so that a batch split across DistributedDataParallel
+ranks trains as on one device); cross-entropy is the mean over all voxels of the batch.
+
 With ``deep_supervision_loss`` the network returns logits at every supervised scale (full, 1/2,
 1/4 ...) and the loss is their weighted sum with weights 1, 1/2, 1/4 ... normalised to 1 (nnU-Net's
 scheme), each against the target taken at every 2**i-th voxel (nearest).
@@ -26,26 +29,29 @@ from kidneyseg.outputs import region_targets
 Loss = Callable[[torch.Tensor | list[torch.Tensor], torch.Tensor], torch.Tensor]
 
 
-def weighted_dice_loss(class_weights: tuple[float, ...]) -> DiceLoss:
-    """1 - sum_c w_c * Dice_c, with soft Dice over the whole batch for each class c.
+def weighted_dice_loss(class_weights: tuple[float, ...]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """1 - sum_c w_c * Dice_c, with soft Dice per sample for each class c, averaged over the batch.
 
-    MONAI's DiceLoss computes 1 - Dice_c per class; its ``weight`` multiplies each class's
+    MONAI's DiceLoss computes 1 - Dice_c per sample and class; its ``weight`` multiplies each class's
     term and ``reduction="sum"`` adds them, so with weights summing to 1 (as the paper's
-    (0.01, 0.99) and (0.01, 0.14, 0.85) do) this is exactly 1 - sum_c w_c * Dice_c.
-    The Dice is pooled over the batch (``batch=True``): one Dice per class over all samples' voxels.
+    (0.01, 0.99) and (0.01, 0.14, 0.85) do) this is exactly 1 - sum_c w_c * Dice_c per sample; the
+    sum over the batch is divided by its size. Per sample rather than pooled over the batch: a batch
+    split across GPUs (each rank's mean, averaged by DistributedDataParallel) then has the same loss
+    and gradients as on one device. The paper trains with batch 1, where both are the same.
     """
-    return DiceLoss(to_onehot_y=True, softmax=True, weight=_normalised(class_weights), reduction="sum", batch=True)
+    dice = DiceLoss(to_onehot_y=True, softmax=True, weight=_normalised(class_weights), reduction="sum", batch=False)
+    return lambda logits, target: dice(logits, target) / logits.shape[0]
 
 
 def region_loss(region_weights: tuple[float, ...]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """1 - sum_r w_r * soft Dice_r (weights normalised to sum 1) plus binary cross-entropy, for
-    sigmoid region logits; nnU-Net's equal weights are ``(1, 1)``. The Dice is pooled over the
-    batch, as in ``weighted_dice_loss``."""
-    dice = DiceLoss(sigmoid=True, batch=True, weight=_normalised(region_weights), reduction="sum")
+    sigmoid region logits; nnU-Net's equal weights are ``(1, 1)``. The Dice is per sample, averaged
+    over the batch, as in ``weighted_dice_loss``."""
+    dice = DiceLoss(sigmoid=True, batch=False, weight=_normalised(region_weights), reduction="sum")
 
     def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         regions = region_targets(target, logits.shape[1])
-        return dice(logits, regions) + F.binary_cross_entropy_with_logits(logits, regions)
+        return dice(logits, regions) / logits.shape[0] + F.binary_cross_entropy_with_logits(logits, regions)
 
     return loss
 
