@@ -1,7 +1,7 @@
 """End-to-end prediction time and peak memory on one KiTS-sized CT, against a sliding-window peer.
 
     .venv/bin/python benchmarks/predict_speed.py [--shape 512 512 300] [--spacing 0.8 0.8 1.5]
-                                                 [--precision fp32 bf16] [--peer] [--flops]
+                                                 [--precision fp32 bf16] [--peer] [--flops] [--device cuda]
 
 A phantom CT of the given size is written as .nii.gz, a model directory with untrained ``paper``
 networks is created, and ``kidneyseg.segment`` runs the full path once per ``--precision``: read
@@ -66,7 +66,7 @@ class OracleLocalizer(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.net(x)
-        return self.logits.to(out.dtype)
+        return self.logits.to(device=out.device, dtype=out.dtype)
 
 
 class Counted(torch.nn.Module):
@@ -151,7 +151,10 @@ def main() -> int:
     parser.add_argument("--shape", type=int, nargs=3, default=[512, 512, 300])
     parser.add_argument("--spacing", type=float, nargs=3, default=[0.8, 0.8, 1.5])
     parser.add_argument("--preset", default="paper")
-    parser.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32"])
+    parser.add_argument("--precision", nargs="+", choices=("fp32", "bf16", "fp16"), default=["fp32"])
+    parser.add_argument("--device", default="cpu", help="torch device of the networks, e.g. cuda")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="predictions per precision; the last is reported (2 on a GPU: the first warms up)")
     parser.add_argument("--peer", action="store_true", help="also time the sliding-window DynUNet baseline")
     parser.add_argument("--flops", action="store_true", help="matmul peak and the networks' achieved GFLOP/s")
     parser.add_argument("--seed", type=int, default=0)
@@ -168,16 +171,18 @@ def main() -> int:
     seg_net = build_model(chosen.segmenter).eval()
     (work / "pipeline.json").write_text(to_json(chosen.pipeline))
     rss_before = peak_rss_gib()
-    print(f"threads {torch.get_num_threads()}, preset {args.preset}")
+    print(f"threads {torch.get_num_threads()}, preset {args.preset}, device {args.device}")
     times = {}
     for precision in args.precision:
-        used = supported_precision(precision, "cpu")
+        used = supported_precision(precision, args.device)
         loc_cfg, seg_cfg = (replace(s, precision=used) for s in (chosen.localizer, chosen.segmenter))
-        model = TwoStageModel(OracleLocalizer(loc_net, truth_small), loc_cfg, seg_net, seg_cfg, chosen.pipeline)
-        start = time.perf_counter()
-        result = segment(work / "ct.nii.gz", model)
-        result.save(work / f"pred-{precision}.nii.gz")
-        total = time.perf_counter() - start
+        model = TwoStageModel(OracleLocalizer(loc_net, truth_small), loc_cfg, seg_net, seg_cfg, chosen.pipeline,
+                              args.device)
+        for _ in range(args.repeat):
+            start = time.perf_counter()
+            result = segment(work / "ct.nii.gz", model)
+            result.save(work / f"pred-{precision}.nii.gz")
+            total = time.perf_counter() - start
         network = result.timings["network"]
         times[precision] = (total, network, len(result.boxes))
         print(f"kidneyseg {used}: end-to-end {total:.1f} s (read -> write), network passes "
