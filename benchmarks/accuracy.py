@@ -211,9 +211,10 @@ def learning_curve(model_dir: Path, png: Path) -> dict[str, dict[str, list[float
     for stage in ("localizer", "segmenter"):
         with open(model_dir / stage / "log.csv", newline="") as handle:
             reader = csv.DictReader(handle)
-            values = list(reader)
+            # Epochs between validations leave the validation columns empty.
+            values = [row for row in reader if row.get("val_kidney_tumor")]
         curves[stage] = {key: [float(v[key]) for v in values] for key in ("minutes", "val_kidney_tumor", "val_tumor")
-                         if key in reader.fieldnames}
+                         if key in reader.fieldnames and all(v[key] for v in values)}
     fig = Figure(figsize=(7, 4))
     ax = fig.add_subplot()
     for stage, curve in curves.items():
