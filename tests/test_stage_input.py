@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from conftest import micro_stage
 from safetensors.torch import load_file
 
-from kidneyseg import inference, io
+from kidneyseg import inference, io, stage_input
 from kidneyseg.config import preset
 from kidneyseg.errors import InvalidInputError, ResourceError
 from kidneyseg.geometry import Box, crop, resize_labels
@@ -38,6 +38,23 @@ def test_without_a_warp_the_zoom_is_torchs_trilinear_resize():
         assert torch.allclose(ours, theirs, atol=1e-4), size  # float rounding; half a voxel off gives ~0.5
     labels = (image > 0.5).astype(np.uint8)
     assert np.array_equal(stage_labels(Source(labels), box, (16, 16, 16))[0].numpy(), resize_labels(labels, (16,) * 3))
+
+
+def test_unrotated_inputs_interpolate_axis_by_axis_as_grid_sample_does():
+    """Without a rotation the positions vary along one axis each, and the input is built by three 1D
+    interpolations of only the voxels needed; it must match grid_sample on the whole block (padded
+    where the box overhangs the CT), whatever the zoom, shift, scale and flips."""
+    hu = np.random.default_rng(2).integers(-1000, 1500, size=(40, 36, 30)).astype(np.int16)
+    source = Source(hu, pad=-1000.0, window=(-79.0, 304.0, 50.0, 120.0))
+    cases = [(Box((0, 0, 0), hu.shape), (16, 16, 16), Warp()),  # the localizer's zoom, down
+             (Box((5, 4, 3), (15, 12, 9)), (24, 20, 16), Warp()),  # a small crop, up
+             (Box((-6, 10, 2), (30, 44, 28)), (20, 24, 18), Warp((1.3, -2.7, 0.4), 0.0, (True, False, True), 1.15))]
+    for box, size, warp in cases:
+        pos = positions(box, size, (0.8, 0.8, 1.5), warp)
+        reference = stage_input._grid_sample(source, pos, size)
+        ours = stage_image(source, box, size, (0.8, 0.8, 1.5), warp)
+        assert torch.allclose(stage_input._flip(reference, warp), ours, atol=1e-4), (box, size)
+        assert float((reference - torch.flip(reference, [1])).abs().max()) > 0.1  # not a constant image
 
 
 def test_a_part_of_the_ct_gives_the_same_input_as_the_whole_bitwise():
