@@ -6,7 +6,8 @@ input worker processes, the share of a step spent waiting for data, and the inpu
         [--precisions fp32 bf16] [--compile]
 
 For each preset and stage, from one run on this machine:
-- bare step: ``train_step`` on one sample held on the device (median after a warm-up), the network's
+- bare step: ``train_step`` on as many draws as a timed epoch, prepared beforehand and held on the device
+  (mean after a warm-up, as the real step is a mean), the network's
   cost, in the preset's precision and in each of ``--precisions`` (and compiled, with ``--compile``);
 - real step: ``fit``'s own loop over a cache of ``--cases`` training cases, with ``--workers 0`` (inputs
   prepared in the training process, the default on a CPU) and with ``--workers N`` processes
@@ -40,7 +41,7 @@ from kidneyseg.config import override_preset, preset
 from kidneyseg.model import place
 from kidneyseg.training.cache import build_cache
 from kidneyseg.training.data import Draws
-from kidneyseg.training.fit import default_workers, draw_order, fit, make_optimizer, train_step
+from kidneyseg.training.fit import default_workers, draw_order, fit, make_optimizer, split_samples, train_step
 from kidneyseg.training.losses import make_loss
 from kidneyseg.weights import build_model
 
@@ -117,10 +118,10 @@ def measure(name: str, stage_name: str, data: Path, work: Path, draws: int, devi
     cache = work / "cache" / stage_name
     samples = build_cache(io.layout.kits_cases(data), cache, stage, pipeline)
     input_s = input_work(samples, stage, draws)
-    bare = bare_step(samples, stage, device)
-    variants = {p: bare_step(samples, replace(stage, precision=p), device) for p in precisions}
+    bare = bare_step(samples, stage, device, draws)
+    variants = {p: bare_step(samples, replace(stage, precision=p), device, draws) for p in precisions}
     if compile:
-        variants[f"{stage.precision}, torch.compile"] = bare_step(samples, stage, device, compiled=True)
+        variants[f"{stage.precision}, torch.compile"] = bare_step(samples, stage, device, draws, compiled=True)
     real, peak = {}, "-"
     for count in (0, workers):
         run = work / f"run-w{count}"
@@ -162,24 +163,34 @@ def input_work(samples, stage, draws: int) -> float:
     return statistics.median(times)
 
 
-def bare_step(samples, stage, device: str, steps: int = 4, compiled: bool = False) -> float:
-    """Median seconds of ``train_step`` on one sample held on ``device``, after warm-up steps."""
-    image, label = Draws(samples, np.zeros(1, int), stage, 0)[0]
-    x, y = image[None].to(device), label[None].to(device)
+def bare_step(samples, stage, device: str, draws: int = 4, compiled: bool = False) -> float:
+    """Mean seconds of ``train_step`` over the inputs of ``draws`` draws of an epoch (as many as the real
+    step's timed epoch), prepared beforehand and held on ``device``, after warm-up steps: the network's
+    share of the real step, averaged the same way (one sample repeated gives a median a few per cent
+    off the mean over draws: step times spread by about +-15 % on 2 cores)."""
+    train, _ = split_samples(samples, stage.val_fraction, stage.seed)  # fit draws from these
+    order = draw_order(train, stage, np.random.RandomState([stage.seed, 1]))[:draws]
+    dataset = Draws(train, order, stage, 1)
+    inputs = []
+    for k in range(len(dataset)):
+        item = dataset[k]
+        if isinstance(item, str):
+            raise RuntimeError(item)
+        inputs.append(tuple(t[None].to(device) for t in item))
     torch.manual_seed(0)
     net = place(build_model(stage), device)
     optimizer, loss_fn = make_optimizer(net, stage), make_loss(stage)
     model = torch.compile(net) if compiled else net
     scaler = torch.amp.GradScaler("cuda") if stage.precision == "fp16" else None
     times = []
-    for _ in range(steps + (3 if compiled else 1)):
+    for x, y in inputs[:3 if compiled else 1] + inputs:
         start = time.perf_counter()
         train_step(model.train(), optimizer, loss_fn, x, y, stage.precision, device, stage.deep_supervision_loss,
                    scaler)
         if device != "cpu":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return statistics.median(times[-steps:])
+    return statistics.mean(times[-len(inputs):])
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ def test_unrotated_inputs_interpolate_axis_by_axis_as_grid_sample_does():
     source = Source(hu, pad=-1000.0, window=(-79.0, 304.0, 50.0, 120.0))
     cases = [(Box((0, 0, 0), hu.shape), (16, 16, 16), Warp()),  # the localizer's zoom, down
              (Box((5, 4, 3), (15, 12, 9)), (24, 20, 16), Warp()),  # a small crop, up
+             (Box((5, 4, 3), (21, 12, 9)), (16, 20, 16), Warp()),  # whole voxels along X only
              (Box((-6, 10, 2), (30, 44, 28)), (20, 24, 18), Warp((1.3, -2.7, 0.4), 0.0, (True, False, True), 1.15))]
     for box, size, warp in cases:
         pos = positions(box, size, (0.8, 0.8, 1.5), warp)

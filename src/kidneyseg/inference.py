@@ -180,10 +180,10 @@ def segment(ct: str | Path | io.Volume | np.ndarray, model: TwoStageModel | str 
     volume = _as_volume(ct, affine)
     cfg, timings = model.pipeline, {"network": 0.0}
     start = time.perf_counter()
-    # Both stages' inputs come from kidneyseg.stage_input, as in training: the localizer's zoom from
-    # the voxels next to its sample points only (no float32 copy of the whole CT), each crop's from its
-    # own block; all normalised with the whole CT's statistics (the same values, elementwise); outside
-    # the CT its lowest value, normalised alike.
+    # Both stages' inputs come from kidneyseg.stage_input, as in training: the localizer's zoom and each
+    # crop from the voxels next to their sample points only (no float32 copy of the whole CT), normalised
+    # with the whole CT's statistics (the same values, elementwise); outside the CT its lowest value,
+    # normalised alike.
     source = Source(volume.array, pad=float(volume.array.min()),
                     window=(cfg.hu_min, cfg.hu_max, *clipped_stats(volume.array, cfg.hu_min, cfg.hu_max)))
     if boxes is None:

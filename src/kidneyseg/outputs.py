@@ -26,7 +26,7 @@ def to_labels(probs: np.ndarray | torch.Tensor, regions: bool) -> np.ndarray:
     probs = torch.as_tensor(probs)
     if not regions:
         # NumPy's argmax: torch's argmax(0) over a few channels was 6x slower on 2 cores (128³ x 3).
-        return np.argmax(probs.numpy(), axis=0).astype(np.uint8)
+        return np.argmax(probs.float().cpu().numpy(), axis=0).astype(np.uint8)
     inside = (probs > THRESHOLD).to(torch.uint8)
     return torch.cumprod(inside, dim=0).sum(0, dtype=torch.uint8).numpy()
 
