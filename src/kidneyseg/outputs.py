@@ -25,7 +25,8 @@ def to_labels(probs: np.ndarray | torch.Tensor, regions: bool) -> np.ndarray:
     """uint8 labels (X, Y, Z) from probabilities (C, X, Y, Z) (averaged or resized ones too)."""
     probs = torch.as_tensor(probs)
     if not regions:
-        # NumPy's argmax: torch's argmax(0) over a few channels was 6x slower on 2 cores (128³ x 3).
+        # NumPy's argmax: torch's argmax(0) over a few channels took 0.19 s against 0.03 s (128³ x 3,
+        # 2 cores, one measurement while another job ran).
         return np.argmax(probs.float().cpu().numpy(), axis=0).astype(np.uint8)
     inside = (probs > THRESHOLD).to(torch.uint8)
     return torch.cumprod(inside, dim=0).sum(0, dtype=torch.uint8).numpy()
