@@ -32,7 +32,7 @@ def test_each_rank_takes_its_block_of_every_global_batch():
     assert rank_draws(5, 2, SINGLE) == [[0, 1], [2, 3], [4]]  # one process keeps it
 
 
-@pytest.mark.parametrize("loss", ["dice", "dice_ce", "regions"])
+@pytest.mark.parametrize("loss", ["dice", "dice_ce", "dice_wce", "regions"])
 def test_the_loss_of_a_batch_is_the_mean_of_its_samples(loss):
     """Dice per sample, averaged: what makes a batch split across ranks train as on one device.
     Pooled over the batch, the two samples below (one easy, one hard) would give another value."""

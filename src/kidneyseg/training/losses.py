@@ -7,8 +7,11 @@
   tumour), soft Dice of the regions weighted by ``class_weights[1:]`` plus binary cross-entropy, as
   nnU-Net trains KiTS21 (it weights the regions equally: ``class_weights=0,1,1``).
 
-Dice terms are per sample, averaged over the batch (so that a batch split across DistributedDataParallel
-ranks trains as on one device); cross-entropy is the mean over all voxels of the batch.
+Every term is per sample, averaged over the batch, so that a batch split across DistributedDataParallel
+ranks (each rank's mean, averaged) trains as on one device: Dice per sample; cross-entropy each
+sample's (weighted) mean over its voxels. Samples of one batch have the same size, so the unweighted
+cross-entropy is also the mean over all voxels of the batch; the class-weighted one is not (torch's
+weighted mean divides by the weights of the whole batch's targets).
 
 With ``deep_supervision_loss`` the network returns logits at every supervised scale (full, 1/2,
 1/4 ...) and the loss is their weighted sum with weights 1, 1/2, 1/4 ... normalised to 1 (nnU-Net's
@@ -79,10 +82,19 @@ def _single_scale(stage: StageConfig) -> Callable[[torch.Tensor, torch.Tensor], 
     ce_weight = _normalised(stage.class_weights) if stage.loss == "dice_wce" else None
 
     def dice_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        weight = None if ce_weight is None else ce_weight.to(logits.device)
-        return dice(logits, target) + F.cross_entropy(logits, target[:, 0].long(), weight=weight)
+        return dice(logits, target) + _cross_entropy(logits, target[:, 0].long(), ce_weight)
 
     return dice_ce
+
+
+def _cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy of each sample (its weighted mean over voxels, as torch's ``weight`` gives for one
+    sample), averaged over the batch."""
+    if weight is None:
+        return F.cross_entropy(logits, target)
+    weight = weight.to(logits.device)
+    per_voxel = F.cross_entropy(logits, target, weight=weight, reduction="none").flatten(1)
+    return (per_voxel.sum(1) / weight[target].flatten(1).sum(1)).mean()
 
 
 def _normalised(weights) -> torch.Tensor:
