@@ -54,6 +54,22 @@ def test_intensity_augmentation_changes_the_image_and_repeats():
     assert make_intensity(replace(stage, intensity_prob=0.0)) is None
 
 
+def test_texture_augmentation_smooths_fine_texture_and_repeats():
+    """Gamma and a simulated lower resolution: white noise loses much of its voxel-to-voxel contrast
+    (the resolution), and the same random state gives the same image."""
+    stage = replace(micro_stage("segmenter"), intensity_prob=0.0, texture_prob=1.0)
+    image = torch.randn(1, 24, 24, 24, generator=torch.Generator().manual_seed(0))
+    first = augment_intensity(make_intensity(stage), image.clone(), np.random.RandomState(2))
+    again = augment_intensity(make_intensity(stage), image.clone(), np.random.RandomState(2))
+    assert torch.equal(first, again) and type(first) is torch.Tensor
+    def roughness(x):
+        return (x[..., 1:] - x[..., :-1]).abs().mean().item()
+
+    assert roughness(first) < 0.8 * roughness(image)
+    assert len(make_intensity(stage).transforms) == 2  # only the texture part: intensity_prob is 0
+    assert make_intensity(replace(stage, texture_prob=0.0)) is None
+
+
 class _Echo(torch.nn.Module):
     """Predicts the given label maps, one per call, as one-hot logits."""
 
