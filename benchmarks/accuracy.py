@@ -6,7 +6,7 @@
 1. Renders a CT around each of the 180 label maps in ../shared/data/kits19-labels (fixed seed,
    cached in WORK/rendered), using the fixed 150/30 split in benchmarks/kits19_split.json.
 2. Trains both stages on the 150 training cases with a CPU preset under a total training budget,
-   split between the stages as the preset splits its own minutes (small: a quarter for the
+   split between the stages as the preset splits its own minutes (small: a sixth for the
    localizer); the model stays in WORK/model-TAG.
 3. Predicts the 30 validation cases at full resolution through the real ``segment`` path and
    scores them: kidney+tumour, tumour and kidney Dice (mean and per case), localization recall
@@ -68,10 +68,17 @@ def main() -> int:
                         help="settings for both stages, e.g. --set pipeline.margin_mm=8 --set loss=dice")
     parser.add_argument("--tag", default="default", help="names the model and result files")
     parser.add_argument("--skip-training", action="store_true", help="evaluate an existing WORK/model-TAG")
+    parser.add_argument("--table-only", action="store_true",
+                        help="rewrite WORK/results-TAG.md from WORK/results-TAG.json and print it (no training)")
     parser.add_argument("--main-only", action="store_true",
                         help="score only the preset's own inference (no ablations, no oracle, no real CT): render, "
                              "cache, train and evaluate fit in about 100 minutes on 2 cores")
     args = parser.parse_args()
+    if args.table_only:
+        results = json.loads((args.work / f"results-{args.tag}.json").read_text())
+        (args.work / f"results-{args.tag}.md").write_text(markdown(results))
+        print(markdown(results))
+        return 0
     if not args.labels.is_dir():
         print(f"label maps not found at {args.labels}", file=sys.stderr)
         return 2
@@ -154,7 +161,7 @@ def shared_cache(work: Path, model_dir: Path, name: str = "cache") -> None:
 def train(train_dir: Path, model_dir: Path, args) -> dict[str, float]:
     chosen, timings = preset(args.preset), {}
     shared_cache(args.work, model_dir)
-    # The budget is split as the preset splits its own minutes (small: a quarter for the localizer).
+    # The budget is split as the preset splits its own minutes (small: a sixth for the localizer).
     minutes = {name: chosen.stage(name).max_minutes for name in ("localizer", "segmenter")}
     total = sum(minutes.values())
     for name in ("localizer", "segmenter"):
@@ -228,17 +235,34 @@ def learning_curve(model_dir: Path, png: Path) -> dict[str, dict[str, list[float
     return curves
 
 
+def bootstrap_interval(values, draws: int = 2000) -> tuple[float, float]:
+    """A bootstrap 95 % interval of the mean of ``values`` (one per case): ``draws`` resamples of the
+    cases with replacement, fixed seed."""
+    values = np.asarray(values, dtype=np.float64)
+    resampled = np.random.default_rng(0).integers(0, len(values), size=(draws, len(values)))
+    low, high = np.percentile(values[resampled].mean(axis=1), [2.5, 97.5])
+    return float(low), float(high)
+
+
 def markdown(results: dict) -> str:
-    lines = ["| inference | kidney+tumour | tumour | kidney | oracle kidney+tumour | oracle tumour | "
-             "localization recall | s/case |", "|---|---|---|---|---|---|---|---|"]
+    """The results as a table: each region's mean over the cases, with a bootstrap 95 % interval
+    over the cases for kidney+tumour and tumour (how much the mean depends on which cases were drawn;
+    not the spread between training runs)."""
+    lines = ["| inference | kidney+tumour (95 % CI) | tumour (95 % CI) | kidney | oracle kidney+tumour | "
+             "oracle tumour | localization recall | s/case |", "|---|---|---|---|---|---|---|---|"]
     for name, ev in results["evaluations"].items():
         s, o = ev["summary"], ev["oracle_summary"]
         oracle = f"{o['kidney_tumor']['mean']:.3f} | {o['tumor']['mean']:.3f}" if o else "- | -"
-        lines.append(f"| {name} | {s['kidney_tumor']['mean']:.3f} | {s['tumor']['mean']:.3f} | "
+        cells = []
+        for region in ("kidney_tumor", "tumor"):
+            low, high = bootstrap_interval([case[region] for case in ev["per_case"].values()])
+            cells.append(f"{s[region]['mean']:.3f} ({low:.2f}-{high:.2f})")
+        lines.append(f"| {name} | {' | '.join(cells)} | "
                      f"{s['kidney_only']['mean']:.3f} | {oracle} | {ev['localization_recall']:.3f} | "
                      f"{ev['seconds_per_case']:.1f} |")
     budget = ", ".join(f"{k} {v / 60:.1f} min" for k, v in results["train_seconds"].items())
-    text = (f"preset {results['preset']}, overrides {results['overrides'] or 'none'}, training {budget or 'reused'}"
+    text = (f"preset {results['preset']}, overrides {results['overrides'] or 'none'}, "
+            f"training with its cache {budget or 'reused'}"
             "\n\n" + "\n".join(lines) + "\n")
     if results.get("real_ct"):
         r = results["real_ct"]

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accuracy import shared_cache
+from accuracy import bootstrap_interval, shared_cache
 
 from kidneyseg import io
 from kidneyseg.config import override_preset, preset, stage_from_dict
@@ -176,9 +176,7 @@ def summarize_row(runs: list[dict], folder: str, region: str, draws: int = 2000)
     cases = sorted(runs[0]["per_case"][folder])
     table = np.array([[r["per_case"][folder][c][region] for c in cases] for r in runs])  # (seeds, cases)
     seed_means = table.mean(axis=1)
-    per_case = table.mean(axis=0)
-    resampled = np.random.default_rng(0).integers(0, len(cases), size=(draws, len(cases)))
-    low, high = np.percentile(per_case[resampled].mean(axis=1), [2.5, 97.5])
+    low, high = bootstrap_interval(table.mean(axis=0), draws)
     return {"mean": float(seed_means.mean()), "seed_min": float(seed_means.min()),
             "seed_max": float(seed_means.max()), "ci_low": float(low), "ci_high": float(high)}
 
