@@ -75,9 +75,7 @@ def main() -> int:
                              "cache, train and evaluate fit in about 100 minutes on 2 cores")
     args = parser.parse_args()
     if args.table_only:
-        results = json.loads((args.work / f"results-{args.tag}.json").read_text())
-        (args.work / f"results-{args.tag}.md").write_text(markdown(results))
-        print(markdown(results))
+        write_table(json.loads((args.work / f"results-{args.tag}.json").read_text()), args.work, args.tag)
         return 0
     if not args.labels.is_dir():
         print(f"label maps not found at {args.labels}", file=sys.stderr)
@@ -97,8 +95,7 @@ def main() -> int:
                "evaluations": evaluations, "real_ct": None if args.main_only else real_ct(model_dir, ablations[best])}
     results["learning_curve"] = learning_curve(model_dir, args.work / f"learning-curve-{args.tag}.png")
     (args.work / f"results-{args.tag}.json").write_text(json.dumps(results, indent=1))
-    (args.work / f"results-{args.tag}.md").write_text(markdown(results))
-    print(markdown(results))
+    write_table(results, args.work, args.tag)
     return 0
 
 
@@ -233,6 +230,13 @@ def learning_curve(model_dir: Path, png: Path) -> dict[str, dict[str, list[float
     ax.legend()
     fig.savefig(png, dpi=100)
     return curves
+
+
+def write_table(results: dict, work: Path, tag: str) -> None:
+    """WORK/results-TAG.md from the results, also printed."""
+    table = markdown(results)
+    (work / f"results-{tag}.md").write_text(table)
+    print(table)
 
 
 def bootstrap_interval(values, draws: int = 2000) -> tuple[float, float]:

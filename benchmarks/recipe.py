@@ -178,7 +178,7 @@ def summarize_row(runs: list[dict], folder: str, region: str, draws: int = 2000)
     seed_means = table.mean(axis=1)
     low, high = bootstrap_interval(table.mean(axis=0), draws)
     return {"mean": float(seed_means.mean()), "seed_min": float(seed_means.min()),
-            "seed_max": float(seed_means.max()), "ci_low": float(low), "ci_high": float(high)}
+            "seed_max": float(seed_means.max()), "ci_low": low, "ci_high": high}
 
 
 def markdown(out: Path) -> str:

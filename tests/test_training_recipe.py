@@ -54,6 +54,11 @@ def test_intensity_augmentation_changes_the_image_and_repeats():
     assert make_intensity(replace(stage, intensity_prob=0.0)) is None
 
 
+def _roughness(image: torch.Tensor) -> float:
+    """Mean absolute difference between neighbouring voxels along the last axis."""
+    return (image[..., 1:] - image[..., :-1]).abs().mean().item()
+
+
 def test_texture_augmentation_smooths_fine_texture_and_repeats():
     """Gamma and a simulated lower resolution: white noise loses much of its voxel-to-voxel contrast
     (the resolution), and the same random state gives the same image."""
@@ -62,10 +67,7 @@ def test_texture_augmentation_smooths_fine_texture_and_repeats():
     first = augment_intensity(make_intensity(stage), image.clone(), np.random.RandomState(2))
     again = augment_intensity(make_intensity(stage), image.clone(), np.random.RandomState(2))
     assert torch.equal(first, again) and type(first) is torch.Tensor
-    def roughness(x):
-        return (x[..., 1:] - x[..., :-1]).abs().mean().item()
-
-    assert roughness(first) < 0.8 * roughness(image)
+    assert _roughness(first) < 0.8 * _roughness(image)
     assert len(make_intensity(stage).transforms) == 2  # only the texture part: intensity_prob is 0
     assert make_intensity(replace(stage, texture_prob=0.0)) is None
 
