@@ -13,7 +13,7 @@ from conftest import micro_stage
 
 from kidneyseg.config import preset
 from kidneyseg.geometry import Box
-from kidneyseg.training.augment import augment_intensity, make_intensity
+from kidneyseg.training.augment import augment_intensity, homogenise_kidney, make_intensity
 from kidneyseg.training.cache import Sample, build_cache
 from kidneyseg.training.checkpoint import load_state, save_state
 from kidneyseg.training.fit import draw_order, fit, validate
@@ -70,6 +70,41 @@ def test_texture_augmentation_smooths_fine_texture_and_repeats():
     assert _roughness(first) < 0.8 * _roughness(image)
     assert len(make_intensity(stage).transforms) == 2  # only the texture part: intensity_prob is 0
     assert make_intensity(replace(stage, texture_prob=0.0)) is None
+
+
+def test_phase_augmentation_flattens_the_kidney_pattern_and_keeps_the_rest():
+    """A kidney of alternating 'cortex' and 'medulla' slabs (2 units apart) around a 'sinus' of fat, with
+    voxel noise: the slabs' contrast is gone, noise of the image's level is there, the sinus, tumour and
+    background are untouched, the parenchyma's level is the slabs' mean plus the drawn offset, and one
+    random state gives one image."""
+    gen = torch.Generator().manual_seed(0)
+    label = torch.zeros(1, 32, 32, 32, dtype=torch.int64)
+    label[0, 4:28, 4:28, 4:20] = 1
+    label[0, 4:28, 4:28, 20:28] = 2
+    stripes = (torch.arange(32) // 4 % 2).float() * 2  # 4-voxel slabs along x: 0, 2, 0, 2 ...
+    image = torch.where(label == 1, stripes[None, :, None, None], torch.full_like(label, -2, dtype=torch.float32))
+    sinus = torch.zeros_like(label, dtype=torch.bool)
+    sinus[0, 14:18, 14:18, 10:14] = True
+    image[sinus] = -2.0  # fat inside the kidney label, as KiTS labels the renal sinus
+    image = image + torch.where(label == 2, 3.0, 0.0) + 0.1 * torch.randn(1, 32, 32, 32, generator=gen)
+    out = homogenise_kidney(image.clone(), label, np.random.RandomState(3))
+    again = homogenise_kidney(image.clone(), label, np.random.RandomState(3))
+    assert torch.equal(out, again)
+    inner = torch.zeros_like(label, dtype=torch.bool)
+    inner[0, 10:22, 10:22, 8:16] = True  # kidney voxels away from its edges
+    inner &= ~sinus
+    bright, dark = inner & (stripes[None, :, None, None] > 0), inner & (stripes[None, :, None, None] == 0)
+    assert image[bright].mean() - image[dark].mean() > 1.9
+    assert abs(out[bright].mean() - out[dark].mean()) < 0.2  # the pattern is gone
+    offset = np.random.RandomState(3).uniform(-0.1, 0.3)
+    assert abs(out[inner].mean().item() - (1.0 + offset)) < 0.1  # the slabs' mean, moved by the offset
+    assert 0.07 < out[dark].std() < 0.13  # noise of the image's SD (0.1), not smoothed away
+    sinus_core = torch.zeros_like(sinus)
+    sinus_core[0, 15:17, 15:17, 11:13] = True  # the sinus's rim may blend with the parenchyma around it
+    untouched = (label != 1) | sinus_core
+    assert torch.equal(out[untouched], image[untouched])  # sinus fat, tumour and background bitwise unchanged
+    no_kidney = torch.where(label == 1, 0, label)
+    assert torch.equal(homogenise_kidney(image, no_kidney, np.random.RandomState(3)), image)
 
 
 class _Echo(torch.nn.Module):

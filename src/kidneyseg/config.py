@@ -73,6 +73,9 @@ class StageConfig:
     # chance of each texture augmentation per sample, as nnU-Net's: a gamma curve (0.7-1.5, mean and SD kept) and a
     # simulated lower resolution (down to 0.5-1 of the size, nearest, and back, trilinear)
     texture_prob: float = 0.0
+    # chance per sample of a nephrographic-phase look: the kidney's (label 1) corticomedullary pattern smoothed
+    # away, its voxel noise kept (kidneyseg.training.augment.homogenise_kidney); 0: never (the paper)
+    phase_prob: float = 0.0
     # bf16: autocast matrix work to bfloat16 (weights stay fp32); fp16: float16 with a gradient scaler, for GPUs
     # without bf16
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -100,8 +103,9 @@ class StageConfig:
         _check(self.max_minutes >= 0 and 0 < self.val_fraction < 1, "max_minutes >= 0, 0 < val_fraction < 1")
         _check(0 <= self.flip_prob <= 1 and self.rotate_deg >= 0 and self.translate_vox >= 0
                and 0 <= self.scale_range < 1, "augmentation (0 <= scale_range < 1)")
-        _check(0 <= self.tumor_fraction <= 1 and 0 <= self.intensity_prob <= 1 and 0 <= self.texture_prob <= 1,
-               "0 <= tumor_fraction <= 1, 0 <= intensity_prob <= 1, 0 <= texture_prob <= 1")
+        _check(all(0 <= p <= 1 for p in (self.tumor_fraction, self.intensity_prob, self.texture_prob,
+                                          self.phase_prob)),
+               "0 <= tumor_fraction, intensity_prob, texture_prob, phase_prob <= 1")
 
     @property
     def regions(self) -> bool:

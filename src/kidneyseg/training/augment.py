@@ -1,7 +1,8 @@
 """Training augmentation: the geometric part of a draw (flips on all three axes, a rotation of axial
 slices, optionally a scale and, for stage 2, a shift of the crop box) as a Warp that kidneyseg.stage_input folds into
 the draw's one interpolation; with ``intensity_prob`` > 0, intensity changes of the image (shift,
-scale, noise, blur), and with ``texture_prob`` > 0 texture changes (gamma, lower resolution), with MONAI.
+scale, noise, blur), and with ``texture_prob`` > 0 texture changes (gamma, lower resolution), with MONAI;
+with ``phase_prob`` > 0 a nephrographic-phase look of the kidney (``homogenise_kidney``).
 
 Each call draws from a NumPy RandomState the caller passes in, so a draw's augmentation is fixed by
 the generator's seed (kidneyseg.training.data seeds it with (seed, epoch, draw)).
@@ -23,9 +24,18 @@ from monai.transforms import (
     RandShiftIntensity,
     RandSimulateLowResolution,
 )
+from scipy import ndimage
 
 from kidneyseg.config import StageConfig
+from kidneyseg.labels import KIDNEY
 from kidneyseg.stage_input import Warp
+
+# A nephrographic kidney's level against the mean of its corticomedullary voxels (normalised units, about
+# 100 HU each): about as bright as that mean or somewhat brighter, like the cortex.
+PHASE_OFFSET = (-0.1, 0.3)
+# Parenchyma threshold: with the HU window [-79, 304] and a cortex near 200 HU, about 20 HU, above urine
+# and sinus fat and below the medulla of the late-arterial phase (65-125 HU).
+PHASE_PARENCHYMA = 0.35
 
 
 def draw_warp(stage: StageConfig, rng: np.random.RandomState) -> Warp:
@@ -73,3 +83,38 @@ def augment_intensity(transform: Compose, image: torch.Tensor, rng: np.random.Ra
     # forward and backward passes made training steps about 1.5x slower, so hand back a plain tensor.
     plain = out.as_tensor() if isinstance(out, MetaTensor) else out
     return plain.contiguous()
+
+
+def homogenise_kidney(image: torch.Tensor, label: torch.Tensor, rng: np.random.RandomState) -> torch.Tensor:
+    """The kidney (label 1) as it looks in the nephrographic phase, when cortex and medulla enhance alike.
+
+    The parenchyma (kidney voxels whose blur over one voxel is above PHASE_PARENCHYMA of the way from the
+    input's lowest value, the HU window's floor where fat and air are, to the kidney's 90th percentile: not
+    the sinus fat or urine that KiTS labels include) becomes its mean, moved by an offset drawn from
+    PHASE_OFFSET, plus fresh noise of the image's own level (a robust SD: 1.4826 x the median absolute
+    deviation of the differences between neighbouring voxels outside kidney and tumour, where most tissue is
+    flat, over sqrt(2)); blended by the kidney mask blurred over one voxel, so that the kidney's outline
+    stays as soft as the scan made it. Tumour (label 2) and everything else are untouched. Without it, a
+    renderer of the late-arterial phase (or KiTS19's late-arterial scans) teaches that a kidney without the
+    pattern is tumour. In the localizer, whose label 1 is kidney and tumour together, tumour is flattened too.
+    """
+    kidney = (label[0] == KIDNEY).numpy()
+    offset = rng.uniform(*PHASE_OFFSET)
+    noise = rng.standard_normal(kidney.shape).astype(np.float32)
+    if not kidney.any():
+        return image
+    x = image[0].numpy()
+    floor = float(x.min())
+    smooth = ndimage.gaussian_filter(x, 1.0)  # decides which voxels are parenchyma without speckle from noise
+    parenchyma = kidney & (smooth > floor + PHASE_PARENCHYMA * (float(np.percentile(x[kidney], 90)) - floor))
+    if not parenchyma.any():
+        return image
+    outside = (label[0] == 0).numpy()
+    pairs = outside[1:] & outside[:-1] if outside[1:].any() else kidney[1:] & kidney[:-1]
+    steps = np.diff(x, axis=0)[pairs]
+    sd = 1.4826 * float(np.median(np.abs(steps - np.median(steps)))) / np.sqrt(2) if steps.size else 0.0
+    target = float(x[parenchyma].mean()) + offset + sd * noise[parenchyma]
+    weight = ndimage.gaussian_filter(kidney.astype(np.float32), 1.0)[parenchyma]
+    out = x.copy()
+    out[parenchyma] += weight * (target - x[parenchyma])
+    return torch.from_numpy(out)[None]
