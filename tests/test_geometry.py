@@ -11,6 +11,7 @@ from kidneyseg.geometry import (
     resize_image,
     resize_labels,
     uncrop,
+    upsampled_window,
 )
 
 
@@ -99,3 +100,21 @@ def test_resize_image_is_linear_and_keeps_constant():
     # linear, pixel centres aligned (align_corners=False): output i samples input x = i / 2 - 0.25,
     # clamped to the edge voxels; a nearest resize would give whole numbers only
     assert mid == pytest.approx(np.clip(np.arange(16) / 2 - 0.25, 0, 7), abs=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(300, 280, 90), (128, 128, 128), (61, 400, 211)])
+def test_upsampled_window_is_the_full_resize_around_its_labels(shape):
+    """Enlarging, equal and shrinking axes: the window equals the full nearest resize there, and the
+    full resize is zero outside it."""
+    rng = np.random.default_rng(sum(shape))
+    labels = np.zeros((128, 128, 128), np.uint8)
+    labels[30:70, 50:61, 40:90] = rng.integers(0, 3, (40, 11, 50))
+    labels[100, 20, 7] = 2
+    full = resize_labels(labels, shape)
+    window, origin = upsampled_window(labels, shape)
+    region = tuple(slice(o, o + n) for o, n in zip(origin, window.shape))
+    assert np.array_equal(full[region], window)
+    outside = full.copy()
+    outside[region] = 0
+    assert not outside.any() and window.any()
+    assert upsampled_window(np.zeros((8, 8, 8), np.uint8), shape) is None

@@ -1,7 +1,8 @@
 import numpy as np
 
+from kidneyseg.config import PipelineConfig
 from kidneyseg.geometry import Box
-from kidneyseg.postprocess import clean_labels, large_components
+from kidneyseg.postprocess import clean_labels, kidney_boxes, large_components
 
 
 def _blob(mask, lo, hi):
@@ -69,3 +70,16 @@ def test_components_of_a_full_size_mask_use_one_byte_per_voxel():
     tracemalloc.stop()
     assert kept.dtype == bool and np.array_equal(kept, mask)
     assert peak < 1.5 * mask.size
+
+
+def test_kidney_boxes_of_a_window_equal_those_of_the_whole_mask():
+    """A mask given as its nonzero window (origin and the grid's shape) gives the whole mask's boxes,
+    with the boxes' growth and shifting at the grid's edges too (a kidney at the volume's border)."""
+    mask = np.zeros((90, 80, 70), bool)
+    _blob(mask, (2, 10, 30), (20, 30, 69))
+    _blob(mask, (50, 40, 5), (75, 60, 30))
+    _blob(mask, (60, 5, 60), (62, 7, 62))  # a speck, dropped
+    for cfg in (PipelineConfig(), PipelineConfig(margin_mm=8.0, min_box_mm=51.2)):
+        whole = kidney_boxes(mask, cfg, (0.8, 0.8, 2.5))
+        window = kidney_boxes(mask[2:75, 5:60, 5:70], cfg, (0.8, 0.8, 2.5), origin=(2, 5, 5), shape=mask.shape)
+        assert window == whole and len(whole) == 2

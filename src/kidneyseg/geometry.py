@@ -38,6 +38,11 @@ class Box:
         hi = tuple(min(h, n) for h, n in zip(self.hi, shape, strict=True))
         return Box(lo, hi)
 
+    def shifted(self, offset: Shape3) -> Box:
+        """The box moved by ``offset`` voxels per axis."""
+        return Box(tuple(lo + o for lo, o in zip(self.lo, offset, strict=True)),
+                   tuple(h + o for h, o in zip(self.hi, offset, strict=True)))
+
 
 def bounding_box(mask: np.ndarray) -> Box:
     """Tight box around the nonzero voxels of a 3D mask; ValueError if the mask is empty."""
@@ -102,6 +107,21 @@ def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
     (voxel centres aligned, as scipy/PIL and torch's 'nearest-exact')."""
     idx = np.floor((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64)
     return np.minimum(idx, n_in - 1)
+
+
+def upsampled_window(labels: np.ndarray, shape: Shape3) -> tuple[np.ndarray, Shape3] | None:
+    """The part of ``resize_labels(labels, shape)`` around its nonzero voxels, without the rest: (the
+    window's labels, its origin on the ``shape`` grid), or None when ``labels`` is all zero. Outside the
+    window the full resize is zero; inside it equals the full resize exactly (the same nearest indices)."""
+    if not labels.any():
+        return None
+    small = bounding_box(labels)
+    idx = [nearest_indices(n, m) for n, m in zip(labels.shape, shape, strict=True)]
+    # nearest_indices is non-decreasing: the output voxels of a source range form one range.
+    ranges = [(int(np.searchsorted(i, lo)), int(np.searchsorted(i, hi))) for i, lo, hi in
+              zip(idx, small.lo, small.hi, strict=True)]
+    (ix, iy, iz) = (i[a:b] for i, (a, b) in zip(idx, ranges, strict=True))
+    return labels[ix[:, None, None], iy[None, :, None], iz[None, None, :]], tuple(a for a, _ in ranges)
 
 
 def resize_labels(labels: np.ndarray, shape: Shape3) -> np.ndarray:

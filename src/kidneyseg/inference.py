@@ -22,7 +22,7 @@ import torch
 from kidneyseg import io
 from kidneyseg.config import PipelineConfig, StageConfig, differences, pipeline_from_dict, stage_from_dict
 from kidneyseg.errors import ModelFileError, UsageError
-from kidneyseg.geometry import Box, paste_max, resize_image, resize_labels
+from kidneyseg.geometry import Box, paste_max, resize_image, resize_labels, upsampled_window
 from kidneyseg.model import place
 from kidneyseg.outputs import probabilities, to_labels
 from kidneyseg.postprocess import clean_labels, kidney_boxes
@@ -196,7 +196,10 @@ def segment(ct: str | Path | io.Volume | np.ndarray, model: TwoStageModel | str 
         paste_max(labels, _segment_patch(x, box.size_vox, model, timings), box)
     if not boxes:
         warnings.warn(f"{volume.name}: no kidney found; the output is all background", stacklevel=2)
-    labels = clean_labels(labels, cfg.min_region_fraction)
+    else:  # cleaned where the boxes put labels (the same result as over the whole volume, which is 0 elsewhere)
+        inner = [b.inside(labels.shape) for b in boxes]
+        where = tuple(slice(min(b.lo[a] for b in inner), max(b.hi[a] for b in inner)) for a in range(3))
+        labels[where] = clean_labels(labels[where], cfg.min_region_fraction)
     timings["total"] = time.perf_counter() - start
     return Segmentation(labels, volume, boxes, timings)
 
@@ -207,7 +210,13 @@ def localize(zoomed: torch.Tensor, shape: tuple[int, int, int], spacing_mm: tupl
     per kept kidney region of the CT's grid ``shape``."""
     stage = model.localizer_config
     probs = _predict(model.localizer, zoomed, model, stage, timings)
-    return kidney_boxes(resize_labels(to_labels(probs, stage.regions), shape), model.pipeline, spacing_mm)
+    # The kidney mask at full resolution only where it is nonzero (the same boxes as from the whole
+    # resized mask, without a CT-sized array).
+    window = upsampled_window(to_labels(probs, stage.regions), shape)
+    if window is None:
+        return []
+    mask, origin = window
+    return kidney_boxes(mask, model.pipeline, spacing_mm, origin, shape)
 
 
 def _segment_patch(x: torch.Tensor, crop_shape: tuple[int, int, int], model: TwoStageModel,

@@ -72,17 +72,20 @@ def clean_labels(labels: np.ndarray, min_fraction: float) -> np.ndarray:
     return out
 
 
-def kidney_boxes(mask: np.ndarray, cfg: PipelineConfig, spacing_mm: tuple[float, float, float]) -> list[Box]:
+def kidney_boxes(mask: np.ndarray, cfg: PipelineConfig, spacing_mm: tuple[float, float, float],
+                 origin: tuple[int, int, int] = (0, 0, 0), shape: tuple[int, int, int] | None = None) -> list[Box]:
     """One crop box per kidney region of a full-resolution mask (X, Y, Z), largest first.
 
     Regions smaller than ``min_region_fraction`` of the largest are dropped; a fused
     (horseshoe) kidney is one region and gets one box; extra fragments get their own boxes.
     Box rules are the paper's voxel counts, or millimetres per axis where ``margin_mm`` /
     ``min_box_mm`` are set. Used for ground-truth boxes in training and predicted ones in inference.
+    ``mask`` may be a window of the CT's grid: its voxels [origin, origin + mask.shape) of a grid of
+    ``shape`` (default: the mask's own), the mask being empty everywhere else; the boxes are the same.
     """
     found = _large_components(mask, cfg.min_region_fraction)
-    tight = found[2] if found is not None else []
+    tight = [b.shifted(origin) for b in found[2]] if found is not None else []
     spacing = np.asarray(spacing_mm, dtype=np.float64)
     margin = np.ceil(cfg.margin_mm / spacing).astype(int) if cfg.margin_mm else cfg.margin_vox
     min_size = np.ceil(cfg.min_box_mm / spacing).astype(int) if cfg.min_box_mm else cfg.min_box_vox
-    return [expand_box(b, margin, min_size, mask.shape) for b in tight]
+    return [expand_box(b, margin, min_size, shape or mask.shape) for b in tight]
