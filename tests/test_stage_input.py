@@ -58,6 +58,27 @@ def test_unrotated_inputs_interpolate_axis_by_axis_as_grid_sample_does():
         assert float((reference - torch.flip(reference, [1])).abs().max()) > 0.1  # not a constant image
 
 
+@pytest.mark.parametrize(("order", "planes"), [("C", 2), ("F", 2), ("C", 8), ("F", 8)])
+def test_gathering_axis_by_axis_gives_each_voxel_or_the_pad(order, planes, monkeypatch):
+    """One index vector per axis (ranges, gaps, repeats, unsorted, outside the array), read a few planes
+    at a time, gives exactly the voxels that indexing a padded copy gives, and a whole-array read is a
+    copy, never a view."""
+    monkeypatch.setattr(stage_input, "GATHER_PLANES", planes)
+    rng = np.random.default_rng(3)
+    array = np.asarray(rng.normal(size=(9, 7, 5)).astype(np.float32), order=order)
+    padded = np.pad(array, 4, constant_values=-7.0)
+    vectors = [np.arange(9), np.arange(2, 6), np.array([0, 0, 3, 8, 8]), np.array([5, 1, 4]),
+               np.array([-3, -1, 0, 1]), np.array([6, 8, 9, 11])]
+    for ix, iy, iz in itertools.product(vectors, repeat=3):
+        iy, iz = np.clip(iy, -4, 10), np.clip(iz, -4, 8)
+        got = stage_input._gather(Source(array, pad=-7.0), (ix[:, None, None], iy[None, :, None], iz[None, None, :]))
+        want = padded[np.ix_(ix + 4, iy + 4, iz + 4)]
+        assert np.array_equal(got, want), (ix, iy, iz)
+    whole = stage_input._gather(Source(array), (np.arange(9)[:, None, None], np.arange(7)[None, :, None],
+                                                np.arange(5)[None, None, :]))
+    assert np.array_equal(whole, array) and not np.shares_memory(whole, array)
+
+
 def test_a_part_of_the_ct_gives_the_same_input_as_the_whole_bitwise():
     hu = np.random.default_rng(1).integers(-1000, 1500, size=(60, 50, 40)).astype(np.int16)
     window = (-79.0, 304.0, 50.0, 120.0)

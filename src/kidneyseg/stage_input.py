@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from kidneyseg.geometry import Box, Shape3, crop
 from kidneyseg.preprocess import normalize_ct
 
+GATHER_PLANES = 8  # planes per step of _gather_separable: 8 planes of a 512 x 512 float32 CT are 8 MB
+
 
 @dataclass(frozen=True)
 class Warp:
@@ -167,17 +169,61 @@ def _separable(source: Source, pos: tuple[np.ndarray, ...]) -> np.ndarray:
 def _gather(source: Source, pos: tuple[np.ndarray, ...]) -> np.ndarray:
     """The source's values at whole-voxel positions (one broadcasting array per axis), ``pad`` outside."""
     idx = [np.asarray(p, dtype=np.int64) - o for p, o in zip(pos, source.origin, strict=True)]
-    inside = np.ones((1, 1, 1), bool)
-    for i, n in zip(idx, source.array.shape, strict=True):
-        inside = inside & (i >= 0) & (i < n)
-    clipped = [np.clip(i, 0, n - 1) for i, n in zip(idx, source.array.shape, strict=True)]
-    values = source.array[clipped[0], clipped[1], clipped[2]]
-    if not inside.all():
-        values = np.where(inside, values, np.asarray(source.pad, dtype=values.dtype))
-    if source.window is None:
-        return values
+    if all(i.ndim == 3 and i.shape[axis] == i.size for axis, i in enumerate(idx)):
+        values = _gather_separable(source.array, [i.ravel() for i in idx], source.pad)
+    else:
+        values = _gather_any(source.array, idx, source.pad)
+    if source.window is None:  # a copy, as indexing gives, never a view that a caller could write through
+        return np.array(values) if np.may_share_memory(values, source.array) else values
     hu_min, hu_max, mean, std = source.window
     return normalize_ct(values, hu_min, hu_max, (mean, std))
+
+
+def _gather_separable(array: np.ndarray, idx: list[np.ndarray], pad: float) -> np.ndarray:
+    """``_gather_any`` for one index vector per axis (their outer product): a slice of the block the
+    indices span, then, a few planes at a time along the axis with the longest memory step, one
+    indexing per axis, longest step first, so that each copies whole contiguous runs and the
+    intermediates stay small. The same values as indexing with the three arrays at once, which
+    computes an address per output voxel: for the localizer's 256³ voxels of a 512 x 512 x 300 CT
+    (Fortran order, as NIfTI files give it) 0.07-0.17 s instead of 0.52-1.06 s on a busy machine
+    (one whole-axis indexing after another was no better: its intermediates were 0.5 GB)."""
+    shape = array.shape
+    inside = [(i >= 0) & (i < n) for i, n in zip(idx, shape, strict=True)]
+    clipped = [np.clip(i, 0, n - 1) for i, n in zip(idx, shape, strict=True)]
+    block = array[tuple(slice(int(c.min()), int(c.max()) + 1) for c in clipped)]
+    # Per axis the indices into the block, or a slice where they are the block's whole extent in order.
+    within = [slice(None) if c.size == block.shape[axis] and (np.diff(c) == 1).all() else c - c.min()
+              for axis, c in enumerate(clipped)]
+    if all(isinstance(w, slice) for w in within):
+        values = block
+    else:
+        outer, *inner = sorted(range(3), key=lambda axis: -block.strides[axis])
+        values = np.empty([c.size for c in clipped], block.dtype)
+        for first in range(0, values.shape[outer], GATHER_PLANES):
+            chosen = [slice(None)] * 3
+            planes = slice(first, first + GATHER_PLANES)
+            chosen[outer] = planes if isinstance(within[outer], slice) else within[outer][planes]
+            part = block[tuple(chosen)]
+            for axis in inner:
+                if not isinstance(within[axis], slice):
+                    part = part[(slice(None),) * axis + (within[axis],)]
+            values[(slice(None),) * outer + (planes,)] = part
+    if not all(m.all() for m in inside):
+        mask = inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
+        values = np.where(mask, values, np.asarray(pad, dtype=values.dtype))
+    return values
+
+
+def _gather_any(array: np.ndarray, idx: list[np.ndarray], pad: float) -> np.ndarray:
+    """The array's values at broadcasting integer indices, ``pad`` outside it."""
+    inside = np.ones((1, 1, 1), bool)
+    for i, n in zip(idx, array.shape, strict=True):
+        inside = inside & (i >= 0) & (i < n)
+    clipped = [np.clip(i, 0, n - 1) for i, n in zip(idx, array.shape, strict=True)]
+    values = array[clipped[0], clipped[1], clipped[2]]
+    if not inside.all():
+        values = np.where(inside, values, np.asarray(pad, dtype=values.dtype))
+    return values
 
 
 def _flip(tensor: torch.Tensor, warp: Warp) -> torch.Tensor:
