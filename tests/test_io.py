@@ -88,6 +88,12 @@ def test_flipped_and_permuted_files_give_the_same_canonical_volume(tmp_path):
         nib.save(moved, path)
         vol = io.load_ct(path)
         assert np.array_equal(vol.array, base.array) and np.allclose(vol.affine, base.affine, atol=1e-5)
+        # Labels made on the canonical grid go back to the file's order as NIfTI stores it (Fortran).
+        labels = vol.zeros(np.uint8)
+        labels[...] = base.array > 0
+        in_file = vol.to_file_order(labels)
+        assert in_file.flags.f_contiguous, (perm, flips)
+        assert np.array_equal(in_file, vol.to_file_order((base.array > 0).astype(np.uint8)))
 
 
 def test_bad_files_are_refused_with_the_file_named(tmp_path):

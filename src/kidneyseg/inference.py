@@ -190,7 +190,7 @@ def segment(ct: str | Path | io.Volume | np.ndarray, model: TwoStageModel | str 
         whole = Box((0, 0, 0), volume.array.shape)
         zoomed = stage_image(source, whole, model.localizer_config.input_size)
         boxes = localize(zoomed, volume.array.shape, volume.spacing_mm, model, timings)
-    labels = np.zeros(volume.array.shape, dtype=np.uint8)
+    labels = volume.zeros(np.uint8)
     for box in boxes:
         x = stage_image(source, box, model.segmenter_config.input_size)
         paste_max(labels, _segment_patch(x, box.size_vox, model, timings), box)
