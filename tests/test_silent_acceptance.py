@@ -182,11 +182,12 @@ import os, signal, sys
 import nibabel
 from kidneyseg import cli
 
-real_save = nibabel.save
-def save_then_terminate(image, path):
-    real_save(image, path)  # the temp file is complete on disk when SIGTERM arrives
+# Every NIfTI write (nibabel.save, and to_stream through the gzip writer) goes through to_file_map.
+real_write = nibabel.Nifti1Image.to_file_map
+def write_then_terminate(image, *args, **kwargs):
+    real_write(image, *args, **kwargs)  # the image is in the temp file when SIGTERM arrives
     os.kill(os.getpid(), signal.SIGTERM)
-nibabel.save = save_then_terminate
+nibabel.Nifti1Image.to_file_map = write_then_terminate
 sys.exit(cli.main(["predict", sys.argv[1], sys.argv[2], "--model", sys.argv[3]]))
 """
 
