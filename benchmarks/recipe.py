@@ -69,6 +69,8 @@ ROWS = {
     "Dice + CE, HU [-79, 304], intensity 0.5": ["pipeline.hu_min=-79", "pipeline.hu_max=304", "intensity_prob=0.5"],
     "Dice + CE, HU [-79, 304], texture 0.3": ["pipeline.hu_min=-79", "pipeline.hu_max=304", "texture_prob=0.3"],
     "Dice + CE, HU [-79, 304], phase 0.3": ["pipeline.hu_min=-79", "pipeline.hu_max=304", "phase_prob=0.3"],
+    "Dice + CE, HU [-79, 304], phase 0.3, tumour look 0.3": ["pipeline.hu_min=-79", "pipeline.hu_max=304",
+                                                             "phase_prob=0.3", "tumor_look_prob=0.3"],
 }
 # How training inputs were built: 1, a resize of the full-resolution crop, then MONAI's rotation of the resized
 # cube (voxel space) and flips; 2, kidneyseg.stage_input: one interpolation for crop, zoom, shift, rotation

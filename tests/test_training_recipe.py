@@ -13,7 +13,14 @@ from conftest import micro_stage
 
 from kidneyseg.config import preset
 from kidneyseg.geometry import Box
-from kidneyseg.training.augment import augment_intensity, homogenise_kidney, make_intensity
+from kidneyseg.training.augment import (
+    TUMOUR_LEVEL,
+    TUMOUR_TEXTURE,
+    augment_intensity,
+    homogenise_kidney,
+    make_intensity,
+    redraw_tumour,
+)
 from kidneyseg.training.cache import Sample, build_cache
 from kidneyseg.training.checkpoint import load_state, save_state
 from kidneyseg.training.fit import draw_order, fit, validate
@@ -105,6 +112,37 @@ def test_phase_augmentation_flattens_the_kidney_pattern_and_keeps_the_rest():
     assert torch.equal(out[untouched], image[untouched])  # sinus fat, tumour and background bitwise unchanged
     no_kidney = torch.where(label == 1, 0, label)
     assert torch.equal(homogenise_kidney(image, no_kidney, np.random.RandomState(3)), image)
+
+
+def test_tumour_look_moves_the_tumour_relative_to_the_kidney_and_keeps_the_rest():
+    """A bright, strongly textured tumour beside a kidney of level 1 over a background at -2: the tumour's
+    new mean is the parenchyma's plus the drawn share of its height above the floor, it keeps the drawn
+    share of its own texture, its voxel noise stays at the image's level, the kidney and background are
+    bitwise unchanged, one random state gives one image, and nothing changes without a tumour."""
+    gen = torch.Generator().manual_seed(0)
+    label = torch.zeros(1, 32, 32, 32, dtype=torch.int64)
+    label[0, 4:28, 4:28, 4:18] = 1
+    label[0, 4:28, 4:28, 18:30] = 2
+    texture = (torch.arange(32) // 4 % 2).float() * 2 - 1  # +-1 slabs along y inside the tumour
+    image = torch.full((1, 32, 32, 32), -2.0)
+    image[label == 1] = 1.0
+    image = torch.where(label == 2, 3.0 + texture[None, None, :, None], image)
+    image = image + 0.1 * torch.randn(1, 32, 32, 32, generator=gen)
+    out = redraw_tumour(image.clone(), label, np.random.RandomState(5))
+    assert torch.equal(out, redraw_tumour(image.clone(), label, np.random.RandomState(5)))
+    draws = np.random.RandomState(5)
+    level, keep = draws.uniform(*TUMOUR_LEVEL), draws.uniform(*TUMOUR_TEXTURE)
+    inner = torch.zeros_like(label, dtype=torch.bool)
+    inner[0, 8:24, 8:24, 21:27] = True  # tumour voxels away from its edges
+    floor = float(image.min())
+    assert abs(out[inner].mean().item() - (1.0 + level * (1.0 - floor))) < 0.05
+    slabs = inner & (texture[None, None, :, None] > 0)
+    contrast = out[slabs].mean() - out[inner & ~slabs].mean()
+    assert abs(contrast.item() - 2 * keep) < 0.1  # the +-1 slabs scaled by the kept share
+    flat = inner & ~slabs
+    assert 0.07 < out[flat].std() < 0.13  # the voxel noise (0.1) stays, whatever share of texture is kept
+    assert torch.equal(out[label != 2], image[label != 2])
+    assert torch.equal(redraw_tumour(image, torch.where(label == 2, 1, label), np.random.RandomState(5)), image)
 
 
 class _Echo(torch.nn.Module):

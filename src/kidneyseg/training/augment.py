@@ -2,7 +2,8 @@
 slices, optionally a scale and, for stage 2, a shift of the crop box) as a Warp that kidneyseg.stage_input folds into
 the draw's one interpolation; with ``intensity_prob`` > 0, intensity changes of the image (shift,
 scale, noise, blur), and with ``texture_prob`` > 0 texture changes (gamma, lower resolution), with MONAI;
-with ``phase_prob`` > 0 a nephrographic-phase look of the kidney (``homogenise_kidney``).
+with ``phase_prob`` > 0 a nephrographic-phase look of the kidney (``homogenise_kidney``), and with
+``tumor_look_prob`` > 0 another enhancement and texture of the tumour (``redraw_tumour``).
 
 Each call draws from a NumPy RandomState the caller passes in, so a draw's augmentation is fixed by
 the generator's seed (kidneyseg.training.data seeds it with (seed, epoch, draw)).
@@ -27,7 +28,7 @@ from monai.transforms import (
 from scipy import ndimage
 
 from kidneyseg.config import StageConfig
-from kidneyseg.labels import KIDNEY
+from kidneyseg.labels import KIDNEY, TUMOR
 from kidneyseg.stage_input import Warp
 
 # A nephrographic kidney's level against the mean of its corticomedullary voxels (normalised units, about
@@ -36,6 +37,12 @@ PHASE_OFFSET = (-0.1, 0.3)
 # Parenchyma threshold: with the HU window [-79, 304] and a cortex near 200 HU, about 20 HU, above urine
 # and sinus fat and below the medulla of the late-arterial phase (65-125 HU).
 PHASE_PARENCHYMA = 0.35
+# A redrawn tumour's level: the parenchyma's mean plus this share of its height above the input's floor (with
+# the HU window [-79, 304] and a 160 HU kidney: about -7 to 190 HU, from a fluid-like core through hypo-enhancing
+# papillary tumours to a clear-cell tumour a little brighter than the kidney), and the share of its own texture
+# (around its mean) it keeps.
+TUMOUR_LEVEL = (-0.7, 0.15)
+TUMOUR_TEXTURE = (0.0, 1.0)
 
 
 def draw_warp(stage: StageConfig, rng: np.random.RandomState) -> Warp:
@@ -88,15 +95,12 @@ def augment_intensity(transform: Compose, image: torch.Tensor, rng: np.random.Ra
 def homogenise_kidney(image: torch.Tensor, label: torch.Tensor, rng: np.random.RandomState) -> torch.Tensor:
     """The kidney (label 1) as it looks in the nephrographic phase, when cortex and medulla enhance alike.
 
-    The parenchyma (kidney voxels whose blur over one voxel is above PHASE_PARENCHYMA of the way from the
-    input's lowest value, the HU window's floor where fat and air are, to the kidney's 90th percentile: not
-    the sinus fat or urine that KiTS labels include) becomes its mean, moved by an offset drawn from
-    PHASE_OFFSET, plus fresh noise of the image's own level (a robust SD: 1.4826 x the median absolute
-    deviation of the differences between neighbouring voxels outside kidney and tumour, where most tissue is
-    flat, over sqrt(2)); blended by the kidney mask blurred over one voxel, so that the kidney's outline
-    stays as soft as the scan made it. Tumour (label 2) and everything else are untouched. Without it, a
-    renderer of the late-arterial phase (or KiTS19's late-arterial scans) teaches that a kidney without the
-    pattern is tumour. In the localizer, whose label 1 is kidney and tumour together, tumour is flattened too.
+    The parenchyma (``_parenchyma``: not the sinus fat or urine that KiTS labels include) becomes its mean,
+    moved by an offset drawn from PHASE_OFFSET, plus fresh noise of the image's own level (``_noise_sd``);
+    blended by the kidney mask blurred over one voxel, so that the kidney's outline stays as soft as the
+    scan made it. Tumour (label 2) and everything else are untouched. Without it, a renderer of the
+    late-arterial phase (or KiTS19's late-arterial scans) teaches that a kidney without the pattern is
+    tumour. In the localizer, whose label 1 is kidney and tumour together, tumour is flattened too.
     """
     kidney = (label[0] == KIDNEY).numpy()
     offset = rng.uniform(*PHASE_OFFSET)
@@ -104,17 +108,62 @@ def homogenise_kidney(image: torch.Tensor, label: torch.Tensor, rng: np.random.R
     if not kidney.any():
         return image
     x = image[0].numpy()
-    floor = float(x.min())
-    smooth = ndimage.gaussian_filter(x, 1.0)  # decides which voxels are parenchyma without speckle from noise
-    parenchyma = kidney & (smooth > floor + PHASE_PARENCHYMA * (float(np.percentile(x[kidney], 90)) - floor))
+    parenchyma = _parenchyma(x, kidney)
     if not parenchyma.any():
         return image
+    target = float(x[parenchyma].mean()) + offset + _noise_sd(x, label, kidney) * noise[parenchyma]
+    return _blend(x, kidney, parenchyma, target)
+
+
+def redraw_tumour(image: torch.Tensor, label: torch.Tensor, rng: np.random.RandomState) -> torch.Tensor:
+    """The tumour (label 2) with another enhancement and a smoother texture, as tumours of other types,
+    phases and scanners look (papillary tumours enhance less than clear-cell ones; necrosis and cysts
+    are darker still).
+
+    Its level becomes the kidney parenchyma's mean (``_parenchyma``) plus a share, drawn from
+    TUMOUR_LEVEL, of that mean's height above the input's floor; it keeps a share, drawn from
+    TUMOUR_TEXTURE, of its own texture around its mean, and fresh noise of the image's level
+    (``_noise_sd``) makes up the rest of the voxel noise; blended by the tumour mask blurred over one
+    voxel. Kidney and everything else are untouched; a sample without tumour or parenchyma is returned
+    as it is (the localizer's labels have no tumour class).
+    """
+    tumour, kidney = (label[0] == TUMOR).numpy(), (label[0] == KIDNEY).numpy()
+    level, keep = rng.uniform(*TUMOUR_LEVEL), rng.uniform(*TUMOUR_TEXTURE)
+    noise = rng.standard_normal(tumour.shape).astype(np.float32)
+    if not tumour.any() or not kidney.any():
+        return image
+    x = image[0].numpy()
+    parenchyma = _parenchyma(x, kidney)
+    if not parenchyma.any():
+        return image
+    floor, kidney_level, own = float(x.min()), float(x[parenchyma].mean()), x[tumour]
+    fresh = _noise_sd(x, label, tumour) * np.sqrt(1.0 - keep**2) * noise[tumour]
+    target = kidney_level + level * (kidney_level - floor) + keep * (own - own.mean()) + fresh
+    return _blend(x, tumour, tumour, target)
+
+
+def _parenchyma(x: np.ndarray, kidney: np.ndarray) -> np.ndarray:
+    """Kidney voxels whose blur over one voxel is above PHASE_PARENCHYMA of the way from the input's lowest
+    value (the HU window's floor, where fat and air are) to the kidney's 90th percentile: the parenchyma,
+    not the sinus fat or urine that KiTS labels include."""
+    floor = float(x.min())
+    smooth = ndimage.gaussian_filter(x, 1.0)  # decides which voxels are parenchyma without speckle from noise
+    return kidney & (smooth > floor + PHASE_PARENCHYMA * (float(np.percentile(x[kidney], 90)) - floor))
+
+
+def _noise_sd(x: np.ndarray, label: torch.Tensor, fallback: np.ndarray) -> float:
+    """The image's voxel noise: a robust SD (1.4826 x the median absolute deviation) of the differences
+    between neighbouring voxels outside kidney and tumour, where most tissue is flat, over sqrt(2); inside
+    ``fallback`` where nothing is outside."""
     outside = (label[0] == 0).numpy()
-    pairs = outside[1:] & outside[:-1] if outside[1:].any() else kidney[1:] & kidney[:-1]
+    pairs = outside[1:] & outside[:-1] if outside[1:].any() else fallback[1:] & fallback[:-1]
     steps = np.diff(x, axis=0)[pairs]
-    sd = 1.4826 * float(np.median(np.abs(steps - np.median(steps)))) / np.sqrt(2) if steps.size else 0.0
-    target = float(x[parenchyma].mean()) + offset + sd * noise[parenchyma]
-    weight = ndimage.gaussian_filter(kidney.astype(np.float32), 1.0)[parenchyma]
+    return 1.4826 * float(np.median(np.abs(steps - np.median(steps)))) / np.sqrt(2) if steps.size else 0.0
+
+
+def _blend(x: np.ndarray, region: np.ndarray, changed: np.ndarray, target: np.ndarray) -> torch.Tensor:
+    """``x`` with the ``changed`` voxels moved to ``target``, weighted by ``region`` blurred over one voxel."""
+    weight = ndimage.gaussian_filter(region.astype(np.float32), 1.0)[changed]
     out = x.copy()
-    out[parenchyma] += weight * (target - x[parenchyma])
+    out[changed] += weight * (target - x[changed])
     return torch.from_numpy(out)[None]

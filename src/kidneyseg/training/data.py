@@ -9,7 +9,7 @@ import torch
 from kidneyseg.config import StageConfig
 from kidneyseg.errors import InvalidInputError
 from kidneyseg.stage_input import IDENTITY, stage_image, stage_labels
-from kidneyseg.training.augment import augment_intensity, draw_warp, homogenise_kidney, make_intensity
+from kidneyseg.training.augment import augment_intensity, draw_warp, homogenise_kidney, make_intensity, redraw_tumour
 from kidneyseg.training.cache import Sample
 
 
@@ -18,8 +18,9 @@ def load_sample(sample: Sample, stage: StageConfig, rng: np.random.RandomState |
     """(image (1, *input_size) float32, label (1, *input_size) int64) for one cached sample.
 
     With ``rng`` (training) the draw's warp (flips, axial rotation and, for stage 2, a shift of up to
-    ``translate_vox``) comes from it, then, with chance ``phase_prob``, the kidney's nephrographic look and
-    ``intensity`` (kidneyseg.training.augment) from the same generator; without it the sample is returned
+    ``translate_vox``) comes from it, then, with chance ``phase_prob``, the kidney's nephrographic look, with
+    chance ``tumor_look_prob`` another tumour look, and ``intensity`` (kidneyseg.training.augment) from the
+    same generator; without it the sample is returned
     exactly as inference would see its box.
     A cache file that cannot be read raises InvalidInputError naming the case.
     """
@@ -32,6 +33,8 @@ def load_sample(sample: Sample, stage: StageConfig, rng: np.random.RandomState |
         raise InvalidInputError(f"cached sample of case {sample.case_id} is unreadable ({exc})", sample.image) from exc
     if rng is not None and stage.phase_prob and rng.random_sample() < stage.phase_prob:
         image = homogenise_kidney(image, label, rng)
+    if rng is not None and stage.tumor_look_prob and rng.random_sample() < stage.tumor_look_prob:
+        image = redraw_tumour(image, label, rng)
     if rng is not None and intensity is not None:
         image = augment_intensity(intensity, image, rng)
     return image, label
