@@ -49,6 +49,37 @@ def test_scl_slope_and_inter_are_applied(tmp_path, name):
     assert vol.array.min() == -1024.0 and vol.array.max() == -1024 + 2 * 230
 
 
+@pytest.mark.parametrize(("dtype", "slope", "inter"), [
+    ("<i2", None, None), ("<i2", 0.5, -1024.25), (">i2", 1.0, -1024.0), ("<u2", 1.0, -1024.0), ("<i4", 0.37, 3.0),
+    ("<u1", 3.0, -900.0)])
+def test_compressed_integers_read_in_chunks_as_nibabel_scales_them(tmp_path, monkeypatch, dtype, slope, inter):
+    """The chunked float32 read of a .nii.gz equals nibabel's scaled array converted to float32, bitwise,
+    whatever the chunk size (here 7 voxels: chunks that split rows, planes and the last chunk short)."""
+    monkeypatch.setattr(io.nifti, "GZ_CHUNK_VOXELS", 7)
+    raw = _ct((9, 6, 5)).astype(dtype) if dtype[1] != "u" else np.abs(_ct((9, 6, 5))).astype(dtype)
+    path = _write(tmp_path / "ct.nii.gz", raw, np.eye(4), slope=slope, inter=inter)
+    want = np.asanyarray(nib.load(path).dataobj).astype(np.float32)
+    data, _, _ = io.nifti.read_nifti(path, float32=True)
+    assert data.dtype == np.float32 and data.flags.f_contiguous and np.array_equal(data, want)
+
+
+def test_compressed_data_shorter_than_its_header_is_refused(tmp_path):
+    """A complete gzip stream whose image stops early is named as truncated, not read as zeros."""
+    whole = _write(tmp_path / "whole.nii", _ct((20, 20, 20)), np.eye(4)).read_bytes()
+    short = tmp_path / "short.nii.gz"
+    short.write_bytes(gzip.compress(whole[:-1000]))
+    with pytest.raises(InvalidInputError, match="truncated") as info:
+        io.load_ct(short)
+    assert str(short) in str(info.value) and "7,500 of 8,000 voxels" in str(info.value)
+
+
+def test_integers_scaled_beyond_float32_are_refused_not_read_as_inf(tmp_path):
+    """Stored integers skip the NaN/Inf scan only when their type cannot overflow float32 once scaled."""
+    path = _write(tmp_path / "ct.nii.gz", _ct(), np.eye(4), slope=1e36, inter=0.0)
+    with pytest.raises(InvalidInputError, match="NaN or Inf"):
+        io.load_ct(path)
+
+
 AFFINES = [np.diag([1.5, 0.7, 3.0, 1.0]), KITS_AFFINE, np.array([[0, -1.0, 0, 5], [0, 0, 2.0, 1], [-0.9, 0, 0, 3],
                                                                  [0, 0, 0, 1]])]
 

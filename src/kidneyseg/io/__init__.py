@@ -41,15 +41,13 @@ def load_ct(path: str | Path, *, allow_4d: bool = False, check_hu: bool = True, 
         data, affine = read_dicom_series(path, series)
         check_affine(affine, path)
         header = None
-    else:
-        data, affine, header = read_nifti(path, allow_4d=allow_4d)
-    data = np.asarray(data)
-    integers = data.dtype.kind in "iu"  # stored integers cannot be NaN or Inf
-    # astype, not np.asarray(data, dtype=...): on the Fortran-ordered arrays NIfTI files give, the
-    # latter took 2.1 s instead of 0.18 s for a 512 x 512 x 611 int16 CT (NumPy 2).
-    data = data.astype(np.float32, copy=False)
-    if not integers:
-        check_finite(data, path)
+        data = np.asarray(data)
+        integers = data.dtype.kind in "iu"  # stored integers cannot be NaN or Inf
+        data = data.astype(np.float32, copy=False)
+        if not integers:
+            check_finite(data, path)
+    else:  # float32, NaN and Inf refused
+        data, affine, header = read_nifti(path, allow_4d=allow_4d, float32=True)
     if check_hu:
         check_hu_range(data, path)
     return canonical_volume(data, affine, header, path)

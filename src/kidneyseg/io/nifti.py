@@ -13,7 +13,7 @@ import numpy as np
 
 from kidneyseg.errors import InvalidInputError
 from kidneyseg.io.atomic import atomic_write
-from kidneyseg.io.validate import check_affine, check_header_size, check_shape
+from kidneyseg.io.validate import check_affine, check_finite, check_header_size, check_shape
 
 try:
     # ISA-L's gzip (python-isal) reads and writes the same files as the standard library's, which nibabel uses:
@@ -25,6 +25,7 @@ except ImportError:  # a platform without its wheels: the standard library, slow
     _gzip, _isal_error = gzip, zlib.error
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+GZ_CHUNK_VOXELS = 1 << 20  # voxels decompressed and converted per step of _integers_as_float32 (2 MB of int16)
 _READ_ERRORS = (
     nib.filebasedimages.ImageFileError,
     EOFError,
@@ -40,12 +41,15 @@ def is_nifti_path(path: Path) -> bool:
     return path.name.lower().endswith(NIFTI_SUFFIXES)
 
 
-def read_nifti(path: Path, *, allow_4d: bool = False) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
+def read_nifti(path: Path, *, allow_4d: bool = False,
+               float32: bool = False) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
     """Read a 3D NIfTI file: (array in file voxel order, scaled by scl_slope/scl_inter; affine; header).
 
     The affine is the one nibabel uses (sform when its code is set, else qform); a
     disagreement between the two is reported as a warning naming the one used. The header's
-    declared size is checked before any voxel data is read.
+    declared size is checked before any voxel data is read. ``float32``: the values as float32
+    (the same as converting nibabel's scaled array), read without a full-size copy of the stored
+    integers where the file allows it, and refused if any is NaN or Inf.
     """
     if not path.is_file():
         raise InvalidInputError("file not found" if not path.exists() else "not a file", path)
@@ -68,24 +72,69 @@ def read_nifti(path: Path, *, allow_4d: bool = False) -> tuple[np.ndarray, np.nd
     # Only the first volume of a 4D file (allowed by check_shape): nibabel's array proxy reads just that part.
     first = (slice(None),) * 3 + (0,) * (len(image.shape) - 3)
     try:
-        data = _read_data(image, path, first)
+        data = _read_data(image, path, first, float32)
     except _READ_ERRORS as exc:
         if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:  # mapping or reading the data ran out of memory
             raise MemoryError(f"reading {path}: {_short(exc)}") from exc
         raise InvalidInputError(f"voxel data could not be read; is the file truncated? ({_short(exc)})", path) from exc
+    if float32:
+        # Converted here, after the stream and its buffers are gone. astype, not np.asarray(data, dtype=...):
+        # on the Fortran-ordered arrays NIfTI files give, the latter took 2.1 s instead of 0.18 s for a
+        # 512 x 512 x 611 int16 CT (NumPy 2).
+        data = data.astype(np.float32, copy=False)
+        if not _finite_by_type(image.dataobj):
+            check_finite(data, path)
     return data, affine, header
 
 
-def _read_data(image: nib.Nifti1Image, path: Path, first: tuple) -> np.ndarray:
-    """The voxel data as nibabel's array proxy gives it (scl_slope/scl_inter applied), a .nii.gz file
-    decompressed by ``_gzip``; never memory-mapped from a compressed stream."""
+def _read_data(image: nib.Nifti1Image, path: Path, first: tuple, float32: bool) -> np.ndarray:
+    """The voxel data as nibabel's array proxy gives it (scl_slope/scl_inter applied; as float32 when
+    asked), a .nii.gz file decompressed by ``_gzip``; never memory-mapped from a compressed stream."""
     proxy = image.dataobj
     if path.name.lower().endswith(".gz") and type(proxy) is nib.arrayproxy.ArrayProxy:
         with _gzip.open(path, "rb") as stream:
+            if float32 and len(proxy.shape) == 3 and proxy.dtype.kind in "iu" and proxy.order == "F":
+                return _integers_as_float32(stream, proxy)
             spec = (proxy.shape, proxy.dtype, proxy.offset, proxy.slope, proxy.inter)
             proxy = nib.arrayproxy.ArrayProxy(stream, spec, mmap=False, order=proxy.order)
             return np.asanyarray(proxy[first] if len(proxy.shape) > 3 else proxy)
     return np.asanyarray(proxy[first] if len(proxy.shape) > 3 else proxy)
+
+
+def _finite_by_type(proxy) -> bool:
+    """True when every value the file can hold is a finite float32 once scaled: integers stored, and the
+    type's extremes times scl_slope plus scl_inter inside float32's range (no voxel needs a check)."""
+    dtype = np.dtype(proxy.dtype)
+    if dtype.kind not in "iu":
+        return False
+    info = np.iinfo(dtype)
+    ends = np.array([info.min, info.max], np.float64) * float(proxy.slope) + float(proxy.inter)
+    return bool(np.all(np.abs(ends) < np.finfo(np.float32).max))
+
+
+def _integers_as_float32(stream, proxy: nib.arrayproxy.ArrayProxy) -> np.ndarray:
+    """A 3D integer image from its decompressed ``stream`` as float32, GZ_CHUNK_VOXELS at a time: each
+    chunk decompressed into one reused buffer, scaled as nibabel's proxy scales (its own steps, so the
+    same values) and converted into the output, instead of a full-size integer array first (zeroed,
+    filled, then converted). The stream must hold every voxel: a short one raises EOFError."""
+    out = np.empty(proxy.shape, np.float32, order="F")
+    flat = out.reshape(-1, order="F")  # a view: the output is Fortran-contiguous, as the file stores it
+    slope, inter = np.asanyarray(proxy.slope), np.asanyarray(proxy.inter)
+    if np.can_cast(inter, slope.dtype):
+        inter = inter.astype(slope.dtype)
+    stream.seek(proxy.offset)
+    buffer = np.empty(min(GZ_CHUNK_VOXELS, flat.size), proxy.dtype)
+    for start in range(0, flat.size, buffer.size):
+        chunk = buffer[:min(buffer.size, flat.size - start)]
+        view, got = memoryview(chunk).cast("B"), 0
+        while got < view.nbytes:
+            n = stream.readinto(view[got:])
+            if not n:
+                raise EOFError(f"the data stops after {start + got // chunk.itemsize:,} of {flat.size:,} voxels")
+            got += n
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes Inf, which read_nifti refuses by name
+            flat[start:start + chunk.size] = nib.volumeutils.apply_read_scaling(chunk, slope, inter)
+    return out
 
 
 def _chosen_affine(image: nib.Nifti1Image, path: Path) -> np.ndarray:
