@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=int, default=40, help="training cases to synthesise (default 40)")
     p.add_argument("--heldout", type=int, default=8, help="held-out cases to score (default 8)")
     p.add_argument("--minutes", type=float, default=0.0,
-                   help="cap on each stage's training minutes (default 0: the tiny preset's epochs, about 4 min "
+                   help="cap on each stage's training minutes (default 0: the tiny preset's epochs, about 8 min "
                         "in all on 2 CPU cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
