@@ -88,8 +88,9 @@ def read_nifti(path: Path, *, allow_4d: bool = False,
 
 
 def _read_data(image: nib.Nifti1Image, path: Path, first: tuple, float32: bool) -> np.ndarray:
-    """The voxel data as nibabel's array proxy gives it (scl_slope/scl_inter applied; as float32 when
-    asked), a .nii.gz file decompressed by ``_gzip``; never memory-mapped from a compressed stream."""
+    """The voxel data as nibabel's array proxy gives it (scl_slope/scl_inter applied), a .nii.gz file
+    decompressed by ``_gzip``; never memory-mapped from a compressed stream. With ``float32``, a compressed
+    3D integer image comes as float32 from ``_integers_as_float32``; read_nifti converts every other case."""
     proxy = image.dataobj
     if path.name.lower().endswith(".gz") and type(proxy) is nib.arrayproxy.ArrayProxy:
         with _gzip.open(path, "rb") as stream:
