@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from kidneyseg.model import IsenseeUNet, count_parameters
+from kidneyseg.model import InstanceNorm, IsenseeUNet, count_parameters, place
 
 
 def _small(**kwargs: object) -> IsenseeUNet:
@@ -202,3 +202,40 @@ def test_no_dropout_train_mode_is_deterministic() -> None:
     x = _input()
     with torch.no_grad():
         assert torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_instance_norm_equals_torch_instance_norm(channels_last: bool) -> None:
+    """The group-norm form normalises each sample and channel over space, as nn.InstanceNorm3d does,
+    with the same weights; a wrong group count (e.g. 1 group: layer norm) would not match."""
+    torch.manual_seed(0)
+    ours = InstanceNorm(6, affine=True)
+    ref = nn.InstanceNorm3d(6, affine=True)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 2.0)
+        ours.bias.uniform_(-1.0, 1.0)
+    ref.load_state_dict(ours.state_dict())  # the same keys: weights files stay compatible
+    x = torch.randn(2, 6, 5, 6, 7) * torch.arange(1.0, 7.0)[None, :, None, None, None] + 3.0
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():  # the group-norm form (with autograd it is torch's own)
+        out = ours(x)
+    torch.testing.assert_close(out, ref(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours(x), out, rtol=1e-5, atol=1e-5)
+    # each (sample, channel) normalised: mean = bias, std = weight
+    torch.testing.assert_close(out.mean(dim=(2, 3, 4)), ours.bias.detach().expand(2, 6), rtol=0, atol=1e-4)
+
+
+def test_network_keeps_channels_last_bf16_activations() -> None:
+    """In prediction under bf16 autocast every norm of a channels-last network gets and returns
+    channels-last bf16 tensors (torch's instance norm returns channels-first ones, which the next conv
+    copies back)."""
+    model = place(_small(levels=3), "cpu").eval()
+    seen = []
+    for module in model.modules():
+        if isinstance(module, InstanceNorm):
+            module.register_forward_hook(lambda m, inp, out: seen.append(
+                (inp[0].dtype, out.dtype, out.is_contiguous(memory_format=torch.channels_last_3d))))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(_input().contiguous(memory_format=torch.channels_last_3d))
+    assert seen and set(seen) == {(torch.bfloat16, torch.bfloat16, True)}

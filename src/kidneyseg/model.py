@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # Isensee et al. upscale by "repeating the feature voxels twice in each spatial dimension", i.e.
@@ -40,8 +41,29 @@ def _conv(in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, bias: bool 
     return nn.Conv3d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, bias=bias)
 
 
+class InstanceNorm(nn.InstanceNorm3d):
+    """``nn.InstanceNorm3d(affine=True)`` that, without autograd (prediction, validation), is computed as a
+    group norm with one group per channel: the same statistics (per sample and channel, over space), weights
+    and eps, the same state dict.
+
+    PyTorch's instance norm reshapes its input to channels-first, so each channels-last activation (see
+    ``place``) is copied to NCDHW and the next conv copies it back; its group norm has a channels-last
+    kernel and stays in bf16 under autocast. A forward pass of the ``paper`` network at 128³ on 2 cores
+    went from 1.95-2.04 s to 1.10-1.29 s in bf16 and from 4.1-4.7 s to 2.5-3.4 s in fp32. With autograd
+    (training) torch's own instance norm stays: group norm's backward is slower there (a ``small``
+    segmenter step at 96³ in bf16 took 1.27 s instead of 0.81 s).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return super().forward(x)
+        if x.ndim != 5:
+            raise ValueError(f"expected input of shape (N, C, X, Y, Z), got {tuple(x.shape)}")
+        return F.group_norm(x, self.num_features, self.weight, self.bias, self.eps)
+
+
 def _norm_act(channels: int, negative_slope: float) -> list[nn.Module]:
-    return [nn.InstanceNorm3d(channels, affine=True), nn.LeakyReLU(negative_slope, inplace=True)]
+    return [InstanceNorm(channels, affine=True), nn.LeakyReLU(negative_slope, inplace=True)]
 
 
 def _conv_norm_act(in_ch: int, out_ch: int, kernel: int, negative_slope: float) -> nn.Sequential:
