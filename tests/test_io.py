@@ -63,6 +63,35 @@ def test_compressed_integers_read_in_chunks_as_nibabel_scales_them(tmp_path, mon
     assert data.dtype == np.float32 and data.flags.f_contiguous and np.array_equal(data, want)
 
 
+@pytest.mark.parametrize("name", ["ct.nii", "ct.nii.gz"])
+@pytest.mark.parametrize(("dtype", "slope", "inter", "kept"), [
+    ("<i2", None, None, True), (">i2", 1.0, 0.0, True), ("<u1", None, None, True), ("<i2", 1.0, -1024.0, False),
+    ("<i2", 2.0, 0.0, False), ("<i4", None, None, False), ("<f4", None, None, False)])
+def test_keep_integers_keeps_only_exact_unscaled_small_integers(tmp_path, name, dtype, slope, inter, kept):
+    """keep_integers leaves HU stored as integers of at most 16 bits without scaling in their own type;
+    anything scaled, wider or floating comes as float32. Either way the values equal nibabel's."""
+    raw = _ct((9, 6, 5)).astype(dtype) if dtype[1] != "u" else np.abs(_ct((9, 6, 5))).astype(dtype)
+    raw[0, 0, 0] = -1000 if dtype[1] != "u" else 0
+    path = _write(tmp_path / name, raw, np.eye(4), slope=slope, inter=inter)
+    want = np.asanyarray(nib.load(path).dataobj)
+    data, _, _ = io.nifti.read_nifti(path, float32=True, keep_integers=True)
+    assert data.dtype == (np.dtype(dtype).newbyteorder("=") if kept else np.float32)
+    assert np.array_equal(data, want.astype(np.float32))
+    if kept:  # load_ct: the same type, the same canonical values as the float32 read
+        vol, ref = io.load_ct(path, check_hu=False, keep_integers=True), io.load_ct(path, check_hu=False)
+        assert vol.array.dtype == data.dtype and ref.array.dtype == np.float32
+        assert np.array_equal(vol.array, ref.array)
+
+
+def test_keep_integers_still_refuses_truncated_data(tmp_path):
+    whole = _write(tmp_path / "whole.nii", _ct((20, 20, 20)), np.eye(4)).read_bytes()
+    short = tmp_path / "short.nii.gz"
+    short.write_bytes(gzip.compress(whole[:-1000]))
+    with pytest.raises(InvalidInputError, match="truncated") as info:
+        io.load_ct(short, keep_integers=True)
+    assert str(short) in str(info.value)
+
+
 def test_compressed_data_shorter_than_its_header_is_refused(tmp_path):
     """A complete gzip stream whose image stops early is named as truncated, not read as zeros."""
     whole = _write(tmp_path / "whole.nii", _ct((20, 20, 20)), np.eye(4)).read_bytes()

@@ -73,6 +73,10 @@ def test_array_api_matches_file_api(phantom_dir, trained_model):
     image = nib.load(path)
     by_path = segment(path, trained_model)
     by_array = segment(np.asanyarray(image.dataobj), trained_model, affine=image.affine)
+    # the file's int16 HU are kept as int16 (io.load_ct's keep_integers), the array comes as float32:
+    # the same labels either way
+    assert image.get_data_dtype() == np.int16 and by_path.volume.array.dtype == np.int16
+    assert by_array.volume.array.dtype == np.float32
     assert np.array_equal(by_path.labels, by_array.labels)
     assert set(np.unique(by_path.labels)) <= {0, 1, 2}
 

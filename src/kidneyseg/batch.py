@@ -165,7 +165,7 @@ def _write_case(path: Path, targets: dict[str, Path], report_path: Path, model, 
     from kidneyseg.measure import measure
 
     case_id = report_path.name[: -len(REPORT_SUFFIX)]
-    result = segment(io.load_ct(path, allow_4d=allow_4d, series=series), model)
+    result = segment(io.load_ct(path, allow_4d=allow_4d, series=series, keep_integers=True), model)
     report = measure(result.labels, result.volume, model.data_profile)
     if "nifti" in targets:
         result.save(targets["nifti"])

@@ -53,7 +53,8 @@ class TwoStageModel:
 
 @dataclass
 class Segmentation:
-    """Result of ``segment``: canonical labels, the input's geometry, the kidney boxes, timings (s)."""
+    """Result of ``segment``: canonical labels, the input CT (read from a file: float32, or int16 where the
+    file stores HU so, see ``io.load_ct``), the kidney boxes, timings (s)."""
 
     labels: np.ndarray
     volume: io.Volume
@@ -259,4 +260,4 @@ def _as_volume(ct, affine: np.ndarray | None) -> io.Volume:
         if affine is None:
             raise ValueError("an array input needs its 4x4 affine")
         return io.ct_from_array(ct, affine)
-    return io.load_ct(ct)
+    return io.load_ct(ct, keep_integers=True)  # HU stored as int16 stay int16: see load_ct

@@ -33,9 +33,13 @@ __all__ = [
 ]
 
 
-def load_ct(path: str | Path, *, allow_4d: bool = False, check_hu: bool = True, series: str | None = None) -> Volume:
+def load_ct(path: str | Path, *, allow_4d: bool = False, check_hu: bool = True, series: str | None = None,
+            keep_integers: bool = False) -> Volume:
     """Read a CT (NIfTI file or DICOM series folder) as a float32 Volume in HU, (X, Y, Z) RAS+.
-    ``series`` chooses a series by its UID in a folder that holds several."""
+    ``series`` chooses a series by its UID in a folder that holds several. ``keep_integers``: HU stored
+    as integers of 16 bits or fewer (no scaling needed) stay in their own type, which float32 holds
+    exactly; prediction reads CTs so (half the memory, no conversion), code that writes into the array
+    needs float32."""
     path = Path(path)
     if path.is_dir():
         data, affine = read_dicom_series(path, series)
@@ -43,11 +47,12 @@ def load_ct(path: str | Path, *, allow_4d: bool = False, check_hu: bool = True, 
         header = None
         data = np.asarray(data)
         integers = data.dtype.kind in "iu"  # stored integers cannot be NaN or Inf
-        data = data.astype(np.float32, copy=False)
+        if not (keep_integers and integers and data.dtype.itemsize <= 2):
+            data = data.astype(np.float32, copy=False)
         if not integers:
             check_finite(data, path)
-    else:  # float32, NaN and Inf refused
-        data, affine, header = read_nifti(path, allow_4d=allow_4d, float32=True)
+    else:  # float32 (or exact integers), NaN and Inf refused
+        data, affine, header = read_nifti(path, allow_4d=allow_4d, float32=True, keep_integers=keep_integers)
     if check_hu:
         check_hu_range(data, path)
     return canonical_volume(data, affine, header, path)
