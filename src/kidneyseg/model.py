@@ -48,10 +48,12 @@ class InstanceNorm(nn.InstanceNorm3d):
 
     PyTorch's instance norm reshapes its input to channels-first, so each channels-last activation (see
     ``place``) is copied to NCDHW and the next conv copies it back; its group norm has a channels-last
-    kernel and stays in bf16 under autocast. A forward pass of the ``paper`` network at 128³ on 2 cores
-    went from 1.95-2.04 s to 1.10-1.29 s in bf16 and from 4.1-4.7 s to 2.5-3.4 s in fp32. With autograd
+    kernel and stays in bf16 under autocast. The ``paper`` networks' three passes on
+    ``benchmarks/predict_speed.py``'s CT took 4.0-4.2 s instead of 6.5-7.0 s in bf16 and 8.6-11.3 s
+    instead of 14.5-16.8 s in fp32 on 2 cores (two alternating runs of each version). With autograd
     (training) torch's own instance norm stays: group norm's backward is slower there (a ``small``
-    segmenter step at 96³ in bf16 took 1.27 s instead of 0.81 s).
+    segmenter step at 96³ in bf16, ``fit.train_step``, median of 6 alternating steps: 1.27 s instead
+    of 0.81 s).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
