@@ -162,10 +162,26 @@ def _predict_one(path: Path, targets: dict[str, Path], report_path: Path, model,
 def _write_case(path: Path, targets: dict[str, Path], report_path: Path, model, allow_4d: bool,
                 series: str | None, qa_path: Path | None, caught: list[warnings.WarningMessage]):
     from kidneyseg.inference import segment
+
+    result = segment(read_ct(path, allow_4d=allow_4d, series=series), model)
+    return write_outputs(result, model, path, targets, report_path, qa_path, series,
+                         [str(w.message) for w in _distinct(caught)])
+
+
+def read_ct(path: Path, allow_4d: bool = False, series: str | None = None):
+    """A case's CT as ``predict`` reads it: HU stored as int16 kept so (``io.load_ct``'s keep_integers)."""
+    return io.load_ct(path, allow_4d=allow_4d, series=series, keep_integers=True)
+
+
+def write_outputs(result, model, path: Path, targets: dict[str, Path], report_path: Path,
+                  qa_path: Path | None = None, series: str | None = None, printed: list[str] | tuple = ()):
+    """A segmented case's outputs as ``predict`` writes them: the label map in each format of ``targets``
+    (``nifti``, ``dicom-seg``: the SEG refers to ``path``'s ``series``), the volume report at
+    ``report_path`` with the case's ``printed`` warnings, and with ``qa_path`` its QA page; returns the
+    report."""
     from kidneyseg.measure import measure
 
     case_id = report_path.name[: -len(REPORT_SUFFIX)]
-    result = segment(io.load_ct(path, allow_4d=allow_4d, series=series, keep_integers=True), model)
     report = measure(result.labels, result.volume, model.data_profile)
     if "nifti" in targets:
         result.save(targets["nifti"])
@@ -175,13 +191,12 @@ def _write_case(path: Path, targets: dict[str, Path], report_path: Path, model, 
 
         write_dicom_seg(result.labels, result.volume, choose_series(path, series), targets["dicom-seg"],
                         package_version())
-    printed = [str(w.message) for w in _distinct(caught)]
-    document = {"case_id": case_id, "input": str(path), **report.to_dict(), "warnings": printed}
+    document = {"case_id": case_id, "input": str(path), **report.to_dict(), "warnings": list(printed)}
     io.atomic_write_text(report_path, json.dumps(document, indent=1))
     if qa_path is not None:
         from kidneyseg.qa import write_qa_page
 
-        write_qa_page(qa_path, case_id, result.volume, result.labels, report, printed, str(path))
+        write_qa_page(qa_path, case_id, result.volume, result.labels, report, list(printed), str(path))
     return report
 
 
