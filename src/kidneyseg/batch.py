@@ -181,7 +181,7 @@ def write_outputs(result, model, path: Path, targets: dict[str, Path], report_pa
     report."""
     from kidneyseg.measure import measure
 
-    case_id = report_path.name[: -len(REPORT_SUFFIX)]
+    case_id, printed = report_path.name[: -len(REPORT_SUFFIX)], list(printed)
     report = measure(result.labels, result.volume, model.data_profile)
     if "nifti" in targets:
         result.save(targets["nifti"])
@@ -191,12 +191,12 @@ def write_outputs(result, model, path: Path, targets: dict[str, Path], report_pa
 
         write_dicom_seg(result.labels, result.volume, choose_series(path, series), targets["dicom-seg"],
                         package_version())
-    document = {"case_id": case_id, "input": str(path), **report.to_dict(), "warnings": list(printed)}
+    document = {"case_id": case_id, "input": str(path), **report.to_dict(), "warnings": printed}
     io.atomic_write_text(report_path, json.dumps(document, indent=1))
     if qa_path is not None:
         from kidneyseg.qa import write_qa_page
 
-        write_qa_page(qa_path, case_id, result.volume, result.labels, report, list(printed), str(path))
+        write_qa_page(qa_path, case_id, result.volume, result.labels, report, printed, str(path))
     return report
 
 

@@ -22,6 +22,7 @@ from kidneyseg.io.validate import (
     check_label_values,
     check_same_grid,
     check_shape,
+    float32_exact_integers,
 )
 from kidneyseg.io.volume import Volume, canonical_volume
 
@@ -47,7 +48,7 @@ def load_ct(path: str | Path, *, allow_4d: bool = False, check_hu: bool = True, 
         header = None
         data = np.asarray(data)
         integers = data.dtype.kind in "iu"  # stored integers cannot be NaN or Inf
-        if not (keep_integers and integers and data.dtype.itemsize <= 2):
+        if not (keep_integers and float32_exact_integers(data.dtype)):
             data = data.astype(np.float32, copy=False)
         if not integers:
             check_finite(data, path)

@@ -13,7 +13,7 @@ import numpy as np
 
 from kidneyseg.errors import InvalidInputError
 from kidneyseg.io.atomic import atomic_write
-from kidneyseg.io.validate import check_affine, check_finite, check_header_size, check_shape
+from kidneyseg.io.validate import check_affine, check_finite, check_header_size, check_shape, float32_exact_integers
 
 try:
     # ISA-L's gzip (python-isal) reads and writes the same files as the standard library's, which nibabel uses:
@@ -108,9 +108,7 @@ def _read_data(image: nib.Nifti1Image, path: Path, first: tuple, float32: bool) 
 def _exact_integers(proxy) -> bool:
     """True when the file stores integers of at most 16 bits that need no scaling: nibabel then gives
     them in their own type, and every value converts to float32 exactly."""
-    dtype = np.dtype(proxy.dtype)
-    return (dtype.kind in "iu" and dtype.itemsize <= 2 and float(proxy.slope) == 1.0
-            and float(proxy.inter) == 0.0)
+    return float32_exact_integers(proxy.dtype) and float(proxy.slope) == 1.0 and float(proxy.inter) == 0.0
 
 
 def _finite_by_type(proxy) -> bool:

@@ -63,6 +63,12 @@ def check_affine(affine: np.ndarray, path: Path) -> None:
                                 "resample the image to an orthogonal grid first", path)
 
 
+def float32_exact_integers(dtype: np.dtype) -> bool:
+    """Integers of at most 16 bits: every value converts to float32 exactly, so a CT in HU may stay in them."""
+    dtype = np.dtype(dtype)
+    return dtype.kind in "iu" and dtype.itemsize <= 2
+
+
 def check_finite(data: np.ndarray, path: Path) -> None:
     if data.dtype.kind == "f":
         bad = int(np.count_nonzero(~np.isfinite(data)))
