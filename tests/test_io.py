@@ -1,5 +1,7 @@
 import gzip
 import itertools
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -81,6 +83,18 @@ def test_keep_integers_keeps_only_exact_unscaled_small_integers(tmp_path, name, 
         vol, ref = io.load_ct(path, check_hu=False, keep_integers=True), io.load_ct(path, check_hu=False)
         assert vol.array.dtype == data.dtype and ref.array.dtype == np.float32
         assert np.array_equal(vol.array, ref.array)
+
+
+def test_an_uncompressed_ct_read_does_not_depend_on_its_file_afterwards(tmp_path):
+    """The int16 array of a .nii CT is read into memory, not mapped from the file: cut to its header after
+    the read, the file cannot take the data away (a mapped array would kill the process with SIGBUS)."""
+    path = _write(tmp_path / "ct.nii", _ct((64, 64, 64)), np.eye(4))
+    script = ("import os, sys; from kidneyseg import io; "
+              "v = io.load_ct(sys.argv[1], keep_integers=True); os.truncate(sys.argv[1], 352); "
+              "print(v.array.dtype, int(v.array.astype('int64').sum()))")
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr[-500:])
+    assert done.stdout.split() == ["int16", str(int(_ct((64, 64, 64)).astype(np.int64).sum()))]
 
 
 def test_keep_integers_still_refuses_truncated_data(tmp_path):

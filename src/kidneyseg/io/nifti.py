@@ -60,7 +60,10 @@ def read_nifti(path: Path, *, allow_4d: bool = False, float32: bool = False,
     if not is_nifti_path(path):
         raise InvalidInputError("unsupported file type; expected .nii or .nii.gz (or a DICOM folder)", path)
     try:
-        image = nib.load(path)
+        # mmap=False: an uncompressed file's voxels are read into memory, never mapped. A mapped CT kept in its
+        # integer type (keep_integers) would stay backed by the file: truncated by another program while
+        # prediction runs, the process would die of SIGBUS instead of raising an error that names the file.
+        image = nib.load(path, mmap=False)
     except _READ_ERRORS as exc:
         raise InvalidInputError(f"not a readable NIfTI file ({_short(exc)})", path) from exc
     if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
