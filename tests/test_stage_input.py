@@ -182,3 +182,21 @@ def test_default_workers_leave_a_cpus_cores_to_the_network(monkeypatch):
     assert fit_module.default_workers("cuda") == 8
     monkeypatch.setattr(fit_module.os, "sched_getaffinity", lambda pid: {0, 1, 2})
     assert fit_module.default_workers("cuda:0") == 2
+
+
+def test_a_draw_inside_a_read_only_cache_makes_no_tensor_on_its_memory(tmp_path):
+    """A box shrunk a little by the warp's scale can need exactly the whole cached array, which is then read as
+    it is: a read-only memory map. torch warns (once per process, hence a process of its own) on a tensor made
+    on such memory."""
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "cache.npy", np.random.default_rng(0).standard_normal((16, 16, 16)).astype(np.float32))
+    script = ("import sys, numpy as np; from kidneyseg.stage_input import Source, Warp, stage_image; "
+              "from kidneyseg.geometry import Box; a = np.load(sys.argv[1], mmap_mode='r'); "
+              "out = stage_image(Source(a), Box((0, 0, 0), (16, 16, 16)), (8, 8, 8), "
+              "warp=Warp(rotate_rad=0.001, scale=0.95)); print(tuple(out.shape))")
+    done = subprocess.run([sys.executable, "-W", "error", "-c", script, str(tmp_path / "cache.npy")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-800:]
+    assert done.stdout.strip() == "(1, 8, 8, 8)"

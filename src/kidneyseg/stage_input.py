@@ -130,7 +130,10 @@ def _grid_sample(source: Source, pos: tuple[np.ndarray, ...], size: Shape3) -> t
     # same block, the same sampling grid and the same values.
     lo = tuple(int(math.floor(p.min())) for p in pos)
     hi = tuple(int(math.floor(p.max())) + 2 for p in pos)
-    block = torch.from_numpy(np.ascontiguousarray(source.read(Box(lo, hi)), dtype=np.float32))
+    # np.require copies a block that is not writable: a training cache's read-only memory map, read whole when a
+    # box shrunk a little by the warp's scale needs all of it. torch warns on tensors made on such memory, though
+    # grid_sample only reads.
+    block = torch.from_numpy(np.require(source.read(Box(lo, hi)), np.float32, ["C_CONTIGUOUS", "WRITEABLE"]))
     grid = np.empty((*size, 3), np.float32)
     # grid_sample's last axis is (W, H, D) = (Z, Y, X); with align_corners=True, -1 and 1 are the
     # centres of the block's first and last voxels.
