@@ -39,6 +39,12 @@ def test_bad_overrides_are_usage_errors(bad):
         override(preset("tiny").localizer, [bad])
 
 
+@pytest.mark.parametrize("bad", ["box_threshold=0.6", "box_threshold=0"])
+def test_box_threshold_outside_its_range_is_a_usage_error(bad):
+    with pytest.raises(UsageError, match="box_threshold"):
+        override(preset("tiny").pipeline, [bad])
+
+
 def test_unknown_preset():
     with pytest.raises(UsageError, match="unknown preset"):
         preset("huge")

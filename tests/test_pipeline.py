@@ -101,6 +101,36 @@ class _AlwaysBackground(torch.nn.Module):
         return torch.stack([torch.ones_like(x[:, 0]), torch.zeros_like(x[:, 0])], dim=1)
 
 
+class _FixedKidney(torch.nn.Module):
+    """A localizer whose kidney probability is ``probs`` (X, Y, Z) whatever the input."""
+
+    def __init__(self, probs):
+        super().__init__()
+        self.logit = torch.logit(torch.as_tensor(probs, dtype=torch.float32))
+
+    def forward(self, x):
+        return torch.stack([torch.zeros_like(self.logit), self.logit])[None].expand(x.shape[0], -1, -1, -1, -1)
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.3])
+def test_box_threshold_grows_a_box_over_an_unsure_bulge_only(threshold):
+    """The localizer is sure of a kidney (0.9) and unsure (0.4) of a bulge joined to it and of a far blob:
+    at 0.5 the box is the kidney's; at 0.3 it covers the bulge too, never the unjoined blob."""
+    from kidneyseg.inference import localize
+
+    size = preset("tiny").localizer.input_size
+    probs = np.full(size, 0.01, np.float32)
+    probs[10:20, 10:20, 10:20] = 0.9
+    probs[20:26, 12:18, 12:18] = 0.4  # the bulge, beside the kidney along X
+    probs[40:44, 40:44, 40:44] = 0.4  # a blob on its own
+    pipeline = dict(margin_mm=0.0, min_box_mm=0.0, margin_vox=0, min_box_vox=1, tta_flips=False,
+                    box_threshold=threshold)
+    model = replace(_ramp_model(**pipeline), localizer=_FixedKidney(probs))
+    (box,) = localize(torch.zeros(1, *size), size, (1.0, 1.0, 1.0), model, {"network": 0.0})
+    assert box.lo == (10, 10, 10)
+    assert box.hi == ((26, 20, 20) if threshold < 0.5 else (20, 20, 20))
+
+
 def test_no_kidney_gives_valid_empty_output_and_a_warning(trained_model, tmp_path):
     air = np.full((40, 40, 20), -1000, np.int16)
     air[10:30, 10:30, :] = -100

@@ -2,7 +2,7 @@ import numpy as np
 
 from kidneyseg.config import PipelineConfig
 from kidneyseg.geometry import Box
-from kidneyseg.postprocess import clean_labels, kidney_boxes, large_components
+from kidneyseg.postprocess import clean_labels, hysteresis, kidney_boxes, large_components
 
 
 def _blob(mask, lo, hi):
@@ -83,3 +83,15 @@ def test_kidney_boxes_of_a_window_equal_those_of_the_whole_mask():
         whole = kidney_boxes(mask, cfg, (0.8, 0.8, 2.5))
         window = kidney_boxes(mask[2:75, 5:60, 5:70], cfg, (0.8, 0.8, 2.5), origin=(2, 5, 5), shape=mask.shape)
         assert window == whole and len(whole) == 2
+
+
+def test_hysteresis_keeps_weak_voxels_joined_to_a_core_only():
+    core, weak = np.zeros((30, 30, 30), bool), np.zeros((30, 30, 30), bool)
+    _blob(core, (5, 5, 5), (10, 10, 10))
+    _blob(weak, (10, 5, 5), (16, 10, 10))  # touches the core's face: kept
+    _blob(weak, (16, 10, 10), (18, 12, 12))  # touches the bulge only at a corner (26-connected): kept
+    _blob(weak, (25, 25, 25), (28, 28, 28))  # an island: dropped
+    out = hysteresis(core, weak)
+    assert out.dtype == bool and out.sum() == 125 + 150 + 8
+    assert out[12, 7, 7] and out[17, 11, 11] and not out[26, 26, 26]
+    assert not hysteresis(np.zeros_like(core), weak).any()

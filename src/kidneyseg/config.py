@@ -134,12 +134,16 @@ class PipelineConfig:
     min_region_fraction: float = 0.05
     resize_probabilities: bool = False  # stage-2 output back to the crop: probabilities (linear) or labels
     tta_flips: bool = False
+    # < 0.5: a kidney's box also covers the voxels where the localizer gives kidney a probability of at least
+    # this much and that touch its kidney (hysteresis), e.g. a tumour's bulge the localizer is unsure of.
+    box_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         _check(self.hu_min < self.hu_max, "hu_min < hu_max")
         _check(self.margin_vox >= 0 and self.min_box_vox >= 1, "margin_vox >= 0, min_box_vox >= 1")
         _check(self.margin_mm >= 0 and self.min_box_mm >= 0, "margin_mm >= 0, min_box_mm >= 0")
         _check(0 <= self.min_region_fraction < 1, "0 <= min_region_fraction < 1")
+        _check(0 < self.box_threshold <= 0.5, "0 < box_threshold <= 0.5")
 
 
 @dataclass(frozen=True)

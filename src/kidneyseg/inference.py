@@ -24,8 +24,8 @@ from kidneyseg.config import PipelineConfig, StageConfig, differences, pipeline_
 from kidneyseg.errors import ModelFileError, UsageError
 from kidneyseg.geometry import Box, paste_max, resize_image, resize_labels, upsampled_window
 from kidneyseg.model import place
-from kidneyseg.outputs import probabilities, to_labels
-from kidneyseg.postprocess import clean_labels, kidney_boxes
+from kidneyseg.outputs import foreground, probabilities, to_labels
+from kidneyseg.postprocess import clean_labels, hysteresis, kidney_boxes
 from kidneyseg.preprocess import clipped_stats
 from kidneyseg.profile import read_profile
 from kidneyseg.stage_input import Source, stage_image
@@ -211,9 +211,12 @@ def localize(zoomed: torch.Tensor, shape: tuple[int, int, int], spacing_mm: tupl
     per kept kidney region of the CT's grid ``shape``."""
     stage = model.localizer_config
     probs = _predict(model.localizer, zoomed, model, stage, timings)
+    mask = to_labels(probs, stage.regions)
+    if model.pipeline.box_threshold < 0.5:
+        mask = hysteresis(mask > 0, foreground(probs, stage.regions) >= model.pipeline.box_threshold).astype(np.uint8)
     # The kidney mask at full resolution only where it is nonzero (the same boxes as from the whole
     # resized mask, without a CT-sized array).
-    window = upsampled_window(to_labels(probs, stage.regions), shape)
+    window = upsampled_window(mask, shape)
     if window is None:
         return []
     mask, origin = window

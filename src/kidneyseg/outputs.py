@@ -32,6 +32,13 @@ def to_labels(probs: np.ndarray | torch.Tensor, regions: bool) -> np.ndarray:
     return torch.cumprod(inside, dim=0).sum(0, dtype=torch.uint8).numpy()
 
 
+def foreground(probs: np.ndarray | torch.Tensor, regions: bool) -> np.ndarray:
+    """Probability (X, Y, Z) of kidney or tumour from probabilities (C, X, Y, Z): the first region's, or one
+    minus the background's."""
+    probs = torch.as_tensor(probs).float()
+    return (probs[0] if regions else 1.0 - probs[0]).cpu().numpy()
+
+
 def region_targets(labels: torch.Tensor, channels: int) -> torch.Tensor:
     """Float targets (N, channels, X, Y, Z) of the nested regions ``label >= k`` from labels (N, 1, X, Y, Z)."""
     levels = torch.arange(1, channels + 1, device=labels.device).view(1, channels, 1, 1, 1)

@@ -52,6 +52,15 @@ def _large_components(mask: np.ndarray, min_fraction: float) -> tuple[tuple[slic
     return window, kept[local], boxes
 
 
+def hysteresis(core: np.ndarray, weak: np.ndarray) -> np.ndarray:
+    """The 26-connected components of ``core | weak`` that contain a ``core`` voxel (boolean masks of one
+    shape): the weak voxels joined to a core, as in hysteresis thresholding."""
+    joined = core | weak
+    components = cc3d.connected_components(joined, connectivity=26)
+    touched = np.unique(components[core])
+    return np.isin(components, touched[touched > 0])
+
+
 def clean_labels(labels: np.ndarray, min_fraction: float) -> np.ndarray:
     """Drop kidney+tumour regions smaller than ``min_fraction`` of the largest one (to background),
     then tumour regions smaller than ``min_fraction`` of the largest tumour (to kidney). Works on
