@@ -1,6 +1,7 @@
 """Reading network outputs: softmax classes or nested sigmoid regions, the same in training and inference."""
 
 import numpy as np
+import pytest
 import torch
 
 from kidneyseg.config import preset
@@ -20,6 +21,13 @@ def test_class_rule_is_argmax():
     probs = np.array([[0.5, 0.1], [0.3, 0.2], [0.2, 0.7]], np.float32)[:, :, None, None]
     assert to_labels(probs, regions=False)[:, 0, 0].tolist() == [0, 2]
     assert to_labels(probs, regions=False).dtype == np.uint8
+
+
+@pytest.mark.parametrize("channels", [2, 3, 4])
+def test_class_rule_equals_numpy_argmax_ties_included(channels):
+    rng = np.random.default_rng(channels)
+    probs = rng.integers(0, 4, (channels, 9, 8, 7)).astype(np.float32)  # few values: many ties
+    assert np.array_equal(to_labels(probs, regions=False), np.argmax(probs, axis=0).astype(np.uint8))
 
 
 def test_regions_round_trip_labels():

@@ -25,11 +25,22 @@ def to_labels(probs: np.ndarray | torch.Tensor, regions: bool) -> np.ndarray:
     """uint8 labels (X, Y, Z) from probabilities (C, X, Y, Z) (averaged or resized ones too)."""
     probs = torch.as_tensor(probs)
     if not regions:
-        # NumPy's argmax: torch's argmax(0) over a few channels took 0.19 s against 0.03 s (128³ x 3,
-        # 2 cores, one measurement while another job ran).
-        return np.argmax(probs.float().cpu().numpy(), axis=0).astype(np.uint8)
+        return _argmax_channels(probs.float().cpu().numpy())
     inside = (probs > THRESHOLD).to(torch.uint8)
     return torch.cumprod(inside, dim=0).sum(0, dtype=torch.uint8).numpy()
+
+
+def _argmax_channels(probs: np.ndarray) -> np.ndarray:
+    """``np.argmax(probs, axis=0)`` as uint8 (ties to the first channel), one channel at a time: each step
+    compares two contiguous channels, where argmax over the outermost axis strides across all of them.
+    torch's argmax(0) took 0.19 s and NumPy's 0.03 s on 128³ x 3 (2 cores, while another job ran)."""
+    labels = np.zeros(probs.shape[1:], np.uint8)
+    best = probs[0]
+    for k in range(1, probs.shape[0]):
+        higher = probs[k] > best
+        labels[higher] = k
+        best = np.maximum(best, probs[k]) if k + 1 < probs.shape[0] else best
+    return labels
 
 
 def foreground(probs: np.ndarray | torch.Tensor, regions: bool) -> np.ndarray:
