@@ -71,6 +71,8 @@ ROWS = {
     "Dice + CE, HU [-79, 304], phase 0.3": ["pipeline.hu_min=-79", "pipeline.hu_max=304", "phase_prob=0.3"],
     "Dice + CE, HU [-79, 304], phase 0.3, tumour look 0.3": ["pipeline.hu_min=-79", "pipeline.hu_max=304",
                                                              "phase_prob=0.3", "tumor_look_prob=0.3"],
+    "Dice + CE, HU [-79, 304], phase 0.3, scale +-20 %": ["pipeline.hu_min=-79", "pipeline.hu_max=304",
+                                                          "phase_prob=0.3", "scale_range=0.2"],
 }
 # How training inputs were built: 1, a resize of the full-resolution crop, then MONAI's rotation of the resized
 # cube (voxel space) and flips; 2, kidneyseg.stage_input: one interpolation for crop, zoom, shift, rotation
