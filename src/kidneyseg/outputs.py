@@ -32,14 +32,14 @@ def to_labels(probs: np.ndarray | torch.Tensor, regions: bool) -> np.ndarray:
 
 def _argmax_channels(probs: np.ndarray) -> np.ndarray:
     """``np.argmax(probs, axis=0)`` as uint8 (ties to the first channel), one channel at a time: each step
-    compares two contiguous channels, where argmax over the outermost axis strides across all of them.
-    torch's argmax(0) took 0.19 s and NumPy's 0.03 s on 128³ x 3 (2 cores, while another job ran)."""
+    compares two contiguous channels, where argmax over the outermost axis strides across all of them
+    (on 128³, 2 and 3 classes: 0.011 and 0.022 s on the quiet machine; under load about half NumPy's
+    time; torch's argmax(0) was slower still)."""
     labels = np.zeros(probs.shape[1:], np.uint8)
     best = probs[0]
     for k in range(1, probs.shape[0]):
-        higher = probs[k] > best
-        labels[higher] = k
-        best = np.maximum(best, probs[k]) if k + 1 < probs.shape[0] else best
+        labels[probs[k] > best] = k
+        best = np.maximum(best, probs[k])
     return labels
 
 
