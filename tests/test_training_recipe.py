@@ -14,10 +14,12 @@ from conftest import micro_stage
 from kidneyseg.config import preset
 from kidneyseg.geometry import Box
 from kidneyseg.training.augment import (
+    SYNTHETIC_RADIUS,
     TUMOUR_LEVEL,
     TUMOUR_TEXTURE,
     augment_intensity,
     homogenise_kidney,
+    insert_tumour,
     make_intensity,
     redraw_tumour,
 )
@@ -143,6 +145,47 @@ def test_tumour_look_moves_the_tumour_relative_to_the_kidney_and_keeps_the_rest(
     assert 0.07 < out[flat].std() < 0.13  # the voxel noise (0.1) stays, whatever share of texture is kept
     assert torch.equal(out[label != 2], image[label != 2])
     assert torch.equal(redraw_tumour(image, torch.where(label == 2, 1, label), np.random.RandomState(5)), image)
+
+
+def test_synthetic_tumour_is_drawn_and_labelled_inside_the_kidney():
+    """A homogeneous kidney of level 1 (with a real tumour at one end) over a background at -2, voxel noise
+    0.1: each draw adds one region, labelled tumour, grown from a kidney voxel, of about the drawn size, darker
+    or brighter than the parenchyma by at least the smallest drawn share of its height; nothing outside it
+    changes (image bitwise, labels), the real tumour stays tumour, one random state gives one result, the
+    localizer's labels get its foreground class, and a sample without kidney is returned as it is."""
+    gen = torch.Generator().manual_seed(0)
+    label = torch.zeros(1, 48, 48, 48, dtype=torch.int64)
+    label[0, 8:40, 8:40, 6:34] = 1
+    label[0, 8:40, 8:40, 34:42] = 2
+    image = torch.where(label == 1, 1.0, -2.0) + torch.where(label == 2, 2.0, 0.0)
+    image = image + 0.1 * torch.randn(1, 48, 48, 48, generator=gen)
+    kidney_radius = (3 * float((label == 1).sum()) / (4 * np.pi)) ** (1 / 3)
+    signs = set()
+    for seed in range(12):
+        out, out_label = insert_tumour(image.clone(), label.clone(), np.random.RandomState(seed))
+        again, again_label = insert_tumour(image.clone(), label.clone(), np.random.RandomState(seed))
+        assert torch.equal(out, again) and torch.equal(out_label, again_label)
+        new = (out_label == 2) & (label != 2)
+        assert new.any()
+        assert torch.equal(out[~new], image[~new])  # only the synthetic tumour's voxels change
+        assert torch.equal(out_label[~new], label[~new]) and bool((out_label[label == 2] == 2).all())
+        assert (label[new] == 1).float().mean() > 0.25  # grown from the kidney, maybe bulging out of it
+        share = np.exp(np.random.RandomState(seed).uniform(*np.log(SYNTHETIC_RADIUS)))
+        expected = 4 / 3 * np.pi * (share * kidney_radius) ** 3  # stretched by up to a third per axis
+        assert 0.2 * expected < float(new.sum()) < 3.0 * expected
+        inner = new & (label == 1)
+        difference = float(out[inner].mean() - image[inner].mean())
+        height = 1.0 - float(image.min())
+        assert abs(difference) > 0.04 * height  # never level with the kidney
+        signs.add(difference > 0)
+    assert signs == {True, False}  # darker and brighter tumours both drawn
+    as_localizer = torch.where(label == 2, 1, label)
+    _, localizer_label = insert_tumour(image.clone(), as_localizer, np.random.RandomState(0), tumour_label=1)
+    assert set(localizer_label.unique().tolist()) == {0, 1}
+    assert int(localizer_label.sum()) > int(as_localizer.sum())
+    no_kidney = torch.where(label == 1, 0, label)
+    same, same_label = insert_tumour(image, no_kidney, np.random.RandomState(0))
+    assert torch.equal(same, image) and torch.equal(same_label, no_kidney)
 
 
 class _Echo(torch.nn.Module):

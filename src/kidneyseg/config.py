@@ -79,6 +79,9 @@ class StageConfig:
     # chance per sample of another tumour look: the tumour's (label 2) level redrawn relative to the kidney's, from
     # much darker to a little brighter, its texture partly smoothed (kidneyseg.training.augment.redraw_tumour)
     tumor_look_prob: float = 0.0
+    # chance per sample of a synthetic tumour drawn into the kidney: random size (mostly small), outline and look,
+    # labelled tumour (kidneyseg.training.augment.insert_tumour); 0: never (the paper)
+    synthetic_tumor_prob: float = 0.0
     # bf16: autocast matrix work to bfloat16 (weights stay fp32); fp16: float16 with a gradient scaler, for GPUs
     # without bf16
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -107,8 +110,9 @@ class StageConfig:
         _check(0 <= self.flip_prob <= 1 and self.rotate_deg >= 0 and self.translate_vox >= 0
                and 0 <= self.scale_range < 1, "augmentation (0 <= scale_range < 1)")
         _check(all(0 <= p <= 1 for p in (self.tumor_fraction, self.intensity_prob, self.texture_prob,
-                                          self.phase_prob, self.tumor_look_prob)),
-               "0 <= tumor_fraction, intensity_prob, texture_prob, phase_prob, tumor_look_prob <= 1")
+                                          self.phase_prob, self.tumor_look_prob, self.synthetic_tumor_prob)),
+               "0 <= tumor_fraction, intensity_prob, texture_prob, phase_prob, tumor_look_prob, "
+               "synthetic_tumor_prob <= 1")
 
     @property
     def regions(self) -> bool:

@@ -2,8 +2,9 @@
 slices, optionally a scale and, for stage 2, a shift of the crop box) as a Warp that kidneyseg.stage_input folds into
 the draw's one interpolation; with ``intensity_prob`` > 0, intensity changes of the image (shift,
 scale, noise, blur), and with ``texture_prob`` > 0 texture changes (gamma, lower resolution), with MONAI;
-with ``phase_prob`` > 0 a nephrographic-phase look of the kidney (``homogenise_kidney``), and with
-``tumor_look_prob`` > 0 another enhancement and texture of the tumour (``redraw_tumour``).
+with ``phase_prob`` > 0 a nephrographic-phase look of the kidney (``homogenise_kidney``), with
+``tumor_look_prob`` > 0 another enhancement and texture of the tumour (``redraw_tumour``), and with
+``synthetic_tumor_prob`` > 0 a tumour of random size, shape and look drawn into the kidney (``insert_tumour``).
 
 Each call draws from a NumPy RandomState the caller passes in, so a draw's augmentation is fixed by
 the generator's seed (kidneyseg.training.data seeds it with (seed, epoch, draw)).
@@ -43,6 +44,15 @@ PHASE_PARENCHYMA = 0.35
 # (around its mean) it keeps.
 TUMOUR_LEVEL = (-0.7, 0.15)
 TUMOUR_TEXTURE = (0.0, 1.0)
+# A synthetic tumour's radius as a share of the kidney's equivalent-sphere radius (log-uniform): for a 150 mL
+# kidney about 5 to 20 mm (0.5 to 33 mL), the small tumours the data have fewest of and models miss first.
+SYNTHETIC_RADIUS = (0.15, 0.6)
+# Its level against the kidney parenchyma's, as a share of the parenchyma's height above the input's floor: darker
+# (hypo-enhancing, necrotic or cystic; three draws in four) or brighter (hyper-enhancing), never level with it, so
+# that every synthetic tumour is visible; and the SD of its own smooth texture, as a share of that height.
+SYNTHETIC_DARKER = (-0.7, -0.08)
+SYNTHETIC_BRIGHTER = (0.06, 0.2)
+SYNTHETIC_TEXTURE = (0.02, 0.15)
 
 
 def draw_warp(stage: StageConfig, rng: np.random.RandomState) -> Warp:
@@ -140,6 +150,61 @@ def redraw_tumour(image: torch.Tensor, label: torch.Tensor, rng: np.random.Rando
     fresh = _noise_sd(x, label, tumour) * np.sqrt(1.0 - keep**2) * noise[tumour]
     target = kidney_level + level * (kidney_level - floor) + keep * (own - own.mean()) + fresh
     return _blend(x, tumour, tumour, target)
+
+
+def insert_tumour(image: torch.Tensor, label: torch.Tensor, rng: np.random.RandomState,
+                  tumour_label: int = TUMOR) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image, label) with a synthetic tumour drawn into the kidney, labelled ``tumour_label``.
+
+    Renderers and scanners differ in how a tumour looks, not in the fact that it is a roundish region of
+    other tissue growing from the parenchyma. The tumour is centred on a random parenchyma voxel
+    (``_parenchyma``); its radius is a share of the kidney's equivalent-sphere radius (SYNTHETIC_RADIUS),
+    stretched by up to a third per axis and its outline roughened by a smooth random field, so it may bulge
+    out of the kidney's outline as exophytic tumours do. Its level is the parenchyma's mean plus a share of
+    that mean's height above the input's floor (SYNTHETIC_DARKER or SYNTHETIC_BRIGHTER), with a smooth texture
+    (SYNTHETIC_TEXTURE) and fresh noise of the image's level (``_noise_sd``), blended by its mask blurred over
+    one voxel. Every voxel of it becomes ``tumour_label``; voxels of a real tumour keep their look. Synthetic tumours
+    add the small tumours the data have few of (Hu et al. 2023 trained liver-tumour models on synthetic
+    tumours alone). A sample without kidney parenchyma is returned as it is.
+    """
+    share = float(np.exp(rng.uniform(*np.log(SYNTHETIC_RADIUS))))
+    stretch = rng.uniform(0.75, 1.33, size=3)
+    level = rng.uniform(*SYNTHETIC_DARKER) if rng.random_sample() < 0.75 else rng.uniform(*SYNTHETIC_BRIGHTER)
+    texture_sd, pick = rng.uniform(*SYNTHETIC_TEXTURE), rng.random_sample()
+    fields = rng.standard_normal((3, *label.shape[1:])).astype(np.float32)  # outline, texture, voxel noise
+    kidney = (label[0] == KIDNEY).numpy()
+    if not kidney.any():
+        return image, label
+    x = image[0].numpy()
+    parenchyma = _parenchyma(x, kidney)
+    if not parenchyma.any():
+        return image, label
+    centre = np.argwhere(parenchyma)[int(pick * np.count_nonzero(parenchyma))]
+    radius = share * (3 * np.count_nonzero(kidney) / (4 * np.pi)) ** (1 / 3) * stretch
+    reach = np.ceil(1.3 * radius).astype(int) + 2
+    box = tuple(slice(max(0, c - r), min(n, c + r + 1)) for c, r, n in zip(centre, reach, kidney.shape, strict=True))
+    grid = np.ogrid[box]
+    distance = np.sqrt(sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radius, strict=True)))
+    outline = _smooth_unit(fields[0][box], max(1.0, float(radius.mean()) / 2))
+    blob = np.zeros_like(kidney)
+    blob[box] = distance + 0.15 * outline <= 1
+    blob &= (label[0] != TUMOR).numpy()  # a real tumour keeps its own look
+    if not blob.any():
+        return image, label
+    floor, kidney_level = float(x.min()), float(x[parenchyma].mean())
+    height = kidney_level - floor
+    texture = _smooth_unit(fields[1][box], 1.5)[blob[box]]
+    target = (kidney_level + level * height + texture_sd * height * texture
+              + _noise_sd(x, label, kidney) * fields[2][blob])
+    out_label = label.clone()
+    out_label[0][torch.from_numpy(blob)] = tumour_label
+    return _blend(x, blob, blob, target), out_label
+
+
+def _smooth_unit(noise: np.ndarray, sigma: float) -> np.ndarray:
+    """White noise blurred over ``sigma`` voxels and rescaled to unit SD."""
+    smooth = ndimage.gaussian_filter(noise, sigma)
+    return smooth / max(float(smooth.std()), 1e-6)
 
 
 def _parenchyma(x: np.ndarray, kidney: np.ndarray) -> np.ndarray:
