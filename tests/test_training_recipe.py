@@ -25,6 +25,7 @@ from kidneyseg.training.augment import (
 )
 from kidneyseg.training.cache import Sample, build_cache
 from kidneyseg.training.checkpoint import load_state, save_state
+from kidneyseg.training.data import load_sample
 from kidneyseg.training.fit import draw_order, fit, validate
 
 
@@ -186,6 +187,26 @@ def test_synthetic_tumour_is_drawn_and_labelled_inside_the_kidney():
     no_kidney = torch.where(label == 1, 0, label)
     same, same_label = insert_tumour(image, no_kidney, np.random.RandomState(0))
     assert torch.equal(same, image) and torch.equal(same_label, no_kidney)
+
+
+def test_synthetic_tumours_reach_the_segmenters_draws_only(tmp_path):
+    """Through load_sample: with synthetic_tumor_prob=1 every segmenter draw of a kidney without tumour gains
+    tumour voxels; the localizer's draws, with the same setting, stay as they are."""
+    label = np.zeros((32, 32, 32), np.uint8)
+    label[6:26, 6:26, 6:26] = 1
+    image = np.where(label == 1, 1.0, -2.0).astype(np.float32)
+    image += 0.1 * np.random.default_rng(0).standard_normal(image.shape).astype(np.float32)
+    np.save(tmp_path / "image.npy", image)
+    np.save(tmp_path / "label.npy", label)
+    sample = Sample("case_00000", tmp_path / "image.npy", tmp_path / "label.npy", Box((0, 0, 0), (32, 32, 32)))
+    plain = ["input_size=32,32,32", "flip_prob=0", "rotate_deg=0", "translate_vox=0", "intensity_prob=0",
+             "synthetic_tumor_prob=1"]
+    for seed in range(3):
+        _, seg_label = load_sample(sample, micro_stage("segmenter", *plain), np.random.RandomState(seed))
+        assert int((seg_label == 2).sum()) > 0
+        loc_image, loc_label = load_sample(sample, micro_stage("localizer", *plain), np.random.RandomState(seed))
+        assert torch.equal(loc_label[0], torch.from_numpy(label.astype(np.int64)))
+        assert torch.equal(loc_image[0], torch.from_numpy(image))
 
 
 class _Echo(torch.nn.Module):

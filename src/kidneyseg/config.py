@@ -79,8 +79,9 @@ class StageConfig:
     # chance per sample of another tumour look: the tumour's (label 2) level redrawn relative to the kidney's, from
     # much darker to a little brighter, its texture partly smoothed (kidneyseg.training.augment.redraw_tumour)
     tumor_look_prob: float = 0.0
-    # chance per sample of a synthetic tumour drawn into the kidney: random size (mostly small), outline and look,
-    # labelled tumour (kidneyseg.training.augment.insert_tumour); 0: never (the paper)
+    # stage 2: chance per sample of a synthetic tumour drawn into the kidney: random size (mostly small), outline and
+    # look, labelled tumour (kidneyseg.training.augment.insert_tumour); 0: never (the paper). The localizer ignores
+    # it: in the demo, a localizer trained with it found a false second region on one held-out case
     synthetic_tumor_prob: float = 0.0
     # bf16: autocast matrix work to bfloat16 (weights stay fp32); fp16: float16 with a gradient scaler, for GPUs
     # without bf16

@@ -4,7 +4,8 @@ the draw's one interpolation; with ``intensity_prob`` > 0, intensity changes of 
 scale, noise, blur), and with ``texture_prob`` > 0 texture changes (gamma, lower resolution), with MONAI;
 with ``phase_prob`` > 0 a nephrographic-phase look of the kidney (``homogenise_kidney``), with
 ``tumor_look_prob`` > 0 another enhancement and texture of the tumour (``redraw_tumour``), and with
-``synthetic_tumor_prob`` > 0 a tumour of random size, shape and look drawn into the kidney (``insert_tumour``).
+``synthetic_tumor_prob`` > 0 (stage 2) a tumour of random size, shape and look drawn into the kidney
+(``insert_tumour``).
 
 Each call draws from a NumPy RandomState the caller passes in, so a draw's augmentation is fixed by
 the generator's seed (kidneyseg.training.data seeds it with (seed, epoch, draw)).

@@ -8,7 +8,6 @@ import torch
 
 from kidneyseg.config import StageConfig
 from kidneyseg.errors import InvalidInputError
-from kidneyseg.labels import TUMOR
 from kidneyseg.stage_input import IDENTITY, stage_image, stage_labels
 from kidneyseg.training.augment import (
     augment_intensity,
@@ -27,8 +26,8 @@ def load_sample(sample: Sample, stage: StageConfig, rng: np.random.RandomState |
 
     With ``rng`` (training) the draw's warp (flips, axial rotation and, for stage 2, a shift of up to
     ``translate_vox``) comes from it, then, with chance ``phase_prob``, the kidney's nephrographic look, with
-    chance ``tumor_look_prob`` another tumour look, with chance ``synthetic_tumor_prob`` a synthetic tumour
-    (labelled tumour by the segmenter, kidney-or-tumour by the localizer), and ``intensity``
+    chance ``tumor_look_prob`` another tumour look, for the segmenter with chance ``synthetic_tumor_prob`` a
+    synthetic tumour, and ``intensity``
     (kidneyseg.training.augment) from the same generator; without it the sample is returned exactly as
     inference would see its box.
     A cache file that cannot be read raises InvalidInputError naming the case.
@@ -44,8 +43,9 @@ def load_sample(sample: Sample, stage: StageConfig, rng: np.random.RandomState |
         image = homogenise_kidney(image, label, rng)
     if rng is not None and stage.tumor_look_prob and rng.random_sample() < stage.tumor_look_prob:
         image = redraw_tumour(image, label, rng)
-    if rng is not None and stage.synthetic_tumor_prob and rng.random_sample() < stage.synthetic_tumor_prob:
-        image, label = insert_tumour(image, label, rng, TUMOR if stage.stage == "segmenter" else 1)
+    if (rng is not None and stage.stage == "segmenter" and stage.synthetic_tumor_prob
+            and rng.random_sample() < stage.synthetic_tumor_prob):
+        image, label = insert_tumour(image, label, rng)
     if rng is not None and intensity is not None:
         image = augment_intensity(intensity, image, rng)
     return image, label
