@@ -134,7 +134,7 @@ def _voxels(stream, proxy: nib.arrayproxy.ArrayProxy, dtype: np.dtype) -> np.nda
     decompressed straight into the output. NumPy allocates it, asking the kernel for huge pages (transparent
     huge pages in madvise mode); nibabel decompresses into a bytearray, and python-isal's readinto of a
     whole image goes through a temporary of its size: each touched 4 KiB at a time, 77,000 and 38,500 page
-    faults for a 512 x 512 x 300 int16 CT against 76 this way, on a virtual machine where a first touch of
+    faults for a 512 x 512 x 300 int16 CT against about 600 this way, on a virtual machine where a first touch of
     memory costs more than decompressing into it. Any other type (float32): each chunk decompressed into
     one reused buffer, scaled as nibabel's proxy scales (its own steps, so the same values) and converted
     into the output, instead of a full-size integer array first (zeroed, filled, then converted). The
