@@ -76,6 +76,8 @@ ROWS = {
     "Dice + CE, HU [-79, 304], phase 0.3, synthetic tumour 0.3": ["pipeline.hu_min=-79", "pipeline.hu_max=304",
                                                                   "phase_prob=0.3", "synthetic_tumor_prob=0.3"],
     "Dice + CE, HU [-79, 304], phase 0.6": ["pipeline.hu_min=-79", "pipeline.hu_max=304", "phase_prob=0.6"],
+    "Dice + CE, HU [-79, 304], phase 0.3, sinus filled": ["pipeline.hu_min=-79", "pipeline.hu_max=304",
+                                                          "phase_prob=0.3", "phase_sinus_prob=1.0"],
 }
 # How training inputs were built: 1, a resize of the full-resolution crop, then MONAI's rotation of the resized
 # cube (voxel space) and flips; 2, kidneyseg.stage_input: one interpolation for crop, zoom, shift, rotation

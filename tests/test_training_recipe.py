@@ -115,6 +115,13 @@ def test_phase_augmentation_flattens_the_kidney_pattern_and_keeps_the_rest():
     assert torch.equal(out[untouched], image[untouched])  # sinus fat, tumour and background bitwise unchanged
     no_kidney = torch.where(label == 1, 0, label)
     assert torch.equal(homogenise_kidney(image, no_kidney, np.random.RandomState(3)), image)
+    # With the sinus filled: the sinus fat takes the parenchyma's level and noise, the rest as before.
+    filled = homogenise_kidney(image.clone(), label, np.random.RandomState(3), sinus=True)
+    assert image[sinus_core].mean() < -1.8
+    assert abs(filled[sinus_core].mean().item() - (1.0 + offset)) < 0.15
+    assert abs(filled[inner].mean().item() - (1.0 + offset)) < 0.1
+    assert 0.05 < filled[sinus].std() < 0.15
+    assert torch.equal(filled[label != 1], image[label != 1])
 
 
 def test_tumour_look_moves_the_tumour_relative_to_the_kidney_and_keeps_the_rest():

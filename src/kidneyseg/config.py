@@ -76,6 +76,9 @@ class StageConfig:
     # chance per sample of a nephrographic-phase look: the kidney's (label 1) corticomedullary pattern smoothed
     # away, its voxel noise kept (kidneyseg.training.augment.homogenise_kidney); 0: never (the paper)
     phase_prob: float = 0.0
+    # chance that a nephrographic look also fills the sinus fat and urine inside label 1 with the parenchyma's level
+    # (a kidney label without a darker hilum); 0: the sinus stays as drawn
+    phase_sinus_prob: float = 0.0
     # chance per sample of another tumour look: the tumour's (label 2) level redrawn relative to the kidney's, from
     # much darker to a little brighter, its texture partly smoothed (kidneyseg.training.augment.redraw_tumour)
     tumor_look_prob: float = 0.0
@@ -111,8 +114,9 @@ class StageConfig:
         _check(0 <= self.flip_prob <= 1 and self.rotate_deg >= 0 and self.translate_vox >= 0
                and 0 <= self.scale_range < 1, "augmentation (0 <= scale_range < 1)")
         _check(all(0 <= p <= 1 for p in (self.tumor_fraction, self.intensity_prob, self.texture_prob,
-                                          self.phase_prob, self.tumor_look_prob, self.synthetic_tumor_prob)),
-               "0 <= tumor_fraction, intensity_prob, texture_prob, phase_prob, tumor_look_prob, "
+                                          self.phase_prob, self.phase_sinus_prob, self.tumor_look_prob,
+                                          self.synthetic_tumor_prob)),
+               "0 <= tumor_fraction, intensity_prob, texture_prob, phase_prob, phase_sinus_prob, tumor_look_prob, "
                "synthetic_tumor_prob <= 1")
 
     @property

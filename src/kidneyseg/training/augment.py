@@ -103,15 +103,19 @@ def augment_intensity(transform: Compose, image: torch.Tensor, rng: np.random.Ra
     return plain.contiguous()
 
 
-def homogenise_kidney(image: torch.Tensor, label: torch.Tensor, rng: np.random.RandomState) -> torch.Tensor:
+def homogenise_kidney(image: torch.Tensor, label: torch.Tensor, rng: np.random.RandomState,
+                      sinus: bool = False) -> torch.Tensor:
     """The kidney (label 1) as it looks in the nephrographic phase, when cortex and medulla enhance alike.
 
     The parenchyma (``_parenchyma``: not the sinus fat or urine that KiTS labels include) becomes its mean,
     moved by an offset drawn from PHASE_OFFSET, plus fresh noise of the image's own level (``_noise_sd``);
     blended by the kidney mask blurred over one voxel, so that the kidney's outline stays as soft as the
-    scan made it. Tumour (label 2) and everything else are untouched. Without it, a renderer of the
-    late-arterial phase (or KiTS19's late-arterial scans) teaches that a kidney without the pattern is
-    tumour. In the localizer, whose label 1 is kidney and tumour together, tumour is flattened too.
+    scan made it. With ``sinus`` every label-1 voxel does, the sinus fat and urine too: a kidney whose label
+    holds no darker hilum (label maps that leave the hilum out, or a scan that shows none), which would
+    otherwise be told from a tumour by that alone. Tumour (label 2) and everything else are untouched.
+    Without it, a renderer of the late-arterial phase (or KiTS19's late-arterial scans) teaches that a
+    kidney without the pattern is tumour. In the localizer, whose label 1 is kidney and tumour together,
+    tumour is flattened too.
     """
     kidney = (label[0] == KIDNEY).numpy()
     offset = rng.uniform(*PHASE_OFFSET)
@@ -122,8 +126,9 @@ def homogenise_kidney(image: torch.Tensor, label: torch.Tensor, rng: np.random.R
     parenchyma = _parenchyma(x, kidney)
     if not parenchyma.any():
         return image
-    target = float(x[parenchyma].mean()) + offset + _noise_sd(x, label, kidney) * noise[parenchyma]
-    return _blend(x, kidney, parenchyma, target)
+    changed = kidney if sinus else parenchyma
+    target = float(x[parenchyma].mean()) + offset + _noise_sd(x, label, kidney) * noise[changed]
+    return _blend(x, kidney, changed, target)
 
 
 def redraw_tumour(image: torch.Tensor, label: torch.Tensor, rng: np.random.RandomState) -> torch.Tensor:

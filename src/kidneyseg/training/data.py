@@ -25,7 +25,8 @@ def load_sample(sample: Sample, stage: StageConfig, rng: np.random.RandomState |
     """(image (1, *input_size) float32, label (1, *input_size) int64) for one cached sample.
 
     With ``rng`` (training) the draw's warp (flips, axial rotation and, for stage 2, a shift of up to
-    ``translate_vox``) comes from it, then, with chance ``phase_prob``, the kidney's nephrographic look, with
+    ``translate_vox``) comes from it, then, with chance ``phase_prob``, the kidney's nephrographic look (its
+    sinus filled too with chance ``phase_sinus_prob``), with
     chance ``tumor_look_prob`` another tumour look, for the segmenter with chance ``synthetic_tumor_prob`` a
     synthetic tumour, and ``intensity``
     (kidneyseg.training.augment) from the same generator; without it the sample is returned exactly as
@@ -40,7 +41,8 @@ def load_sample(sample: Sample, stage: StageConfig, rng: np.random.RandomState |
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"cached sample of case {sample.case_id} is unreadable ({exc})", sample.image) from exc
     if rng is not None and stage.phase_prob and rng.random_sample() < stage.phase_prob:
-        image = homogenise_kidney(image, label, rng)
+        sinus = bool(stage.phase_sinus_prob) and rng.random_sample() < stage.phase_sinus_prob
+        image = homogenise_kidney(image, label, rng, sinus=sinus)
     if rng is not None and stage.tumor_look_prob and rng.random_sample() < stage.tumor_look_prob:
         image = redraw_tumour(image, label, rng)
     if (rng is not None and stage.stage == "segmenter" and stage.synthetic_tumor_prob
