@@ -65,7 +65,8 @@ def main() -> int:
     parser.add_argument("--preset", default="small")
     parser.add_argument("--seed", type=int, default=0, help="rendering seed")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="settings for both stages, e.g. --set pipeline.margin_mm=8 --set loss=dice")
+                        help="settings for both stages, or for one with a stage prefix, e.g. --set "
+                        "pipeline.margin_mm=8 --set loss=dice --set localizer.tumor_look_prob=0.3")
     parser.add_argument("--tag", default="default", help="names the model and result files")
     parser.add_argument("--skip-training", action="store_true", help="evaluate an existing WORK/model-TAG")
     parser.add_argument("--table-only", action="store_true",

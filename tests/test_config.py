@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from kidneyseg.config import PRESETS, override, preset, stage_from_dict, to_dict
+from kidneyseg.config import PRESETS, override, override_preset, preset, stage_from_dict, to_dict
 from kidneyseg.errors import UsageError
 
 
@@ -43,6 +43,17 @@ def test_bad_overrides_are_usage_errors(bad):
 def test_box_threshold_outside_its_range_is_a_usage_error(bad):
     with pytest.raises(UsageError, match="box_threshold"):
         override(preset("tiny").pipeline, [bad])
+
+
+def test_stage_prefixed_overrides_reach_that_stage_alone():
+    assignments = ["lr=1e-3", "localizer.tumor_look_prob=0.3", "segmenter.phase_prob=0.6", "pipeline.hu_max=304"]
+    localizer, pipeline = override_preset(preset("small"), "localizer", assignments)
+    segmenter, _ = override_preset(preset("small"), "segmenter", assignments)
+    assert localizer.lr == segmenter.lr == 1e-3 and pipeline.hu_max == 304
+    assert (localizer.tumor_look_prob, localizer.phase_prob) == (0.3, preset("small").localizer.phase_prob)
+    assert (segmenter.phase_prob, segmenter.tumor_look_prob) == (0.6, preset("small").segmenter.tumor_look_prob)
+    with pytest.raises(UsageError, match="localiser"):
+        override_preset(preset("small"), "localizer", ["localiser.lr=1"])
 
 
 def test_unknown_preset():

@@ -262,6 +262,32 @@ def test_cache_records_tumor_crops(phantom_dir, tmp_path):
     assert any(s.has_tumor for s in samples)
 
 
+def test_localizer_cache_keeps_the_tumour_until_a_sample_is_drawn(phantom_dir, tmp_path):
+    """The localizer's cached labels keep kidney (1) and tumour (2) apart, so that the tumour-look
+    augmentation can change the tumour alone; every drawn sample, augmented or not, is kidney-or-tumour
+    (0/1) as the localizer's loss wants."""
+    from kidneyseg import io
+
+    stage = micro_stage("localizer", "tumor_look_prob=1.0")
+    samples = build_cache(io.layout.kits_cases(phantom_dir), tmp_path / "cache", stage, preset("tiny").pipeline,
+                          progress=False)
+    with_tumour = [s for s in samples if s.has_tumor]
+    assert with_tumour, "the phantoms have tumours"
+    stored = np.load(with_tumour[0].label)
+    assert set(np.unique(stored)) == {0, 1, 2}
+    plain, label = load_sample(with_tumour[0], stage, None)
+    assert set(torch.unique(label).tolist()) == {0, 1}
+    assert torch.equal(label[0], torch.from_numpy(stored > 0).long())
+    redrawn, drawn_label = load_sample(with_tumour[0], replace(stage, flip_prob=0.0, rotate_deg=0.0),
+                                       np.random.RandomState(0))
+    assert set(torch.unique(drawn_label).tolist()) == {0, 1}
+    tumour = torch.from_numpy(stored == 2)[None]
+    changed = (redrawn - plain).abs() > 1e-4
+    assert changed[tumour].float().mean() > 0.5  # the tumour got another look
+    far = torch.from_numpy(stored == 0)[None] & (torch.arange(stored.shape[0])[None, :, None, None] < 2)
+    assert not changed[far].any()  # background away from the tumour is untouched
+
+
 def test_time_budget_ends_the_epoch_early(phantom_dir, tmp_path):
     """A budget far shorter than one epoch stops after the first step, validates and saves;
     the log says how many samples that epoch drew."""

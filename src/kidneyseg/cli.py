@@ -106,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "in all on 2 CPU cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="change a setting of the tiny preset for both stages, as train --set does "
-                        "(e.g. --set loss=regions, --set pipeline.tta_flips=false)")
+                   help="change a setting of the tiny preset for both stages, as train --set does, or for "
+                        "one with a stage prefix (e.g. --set loss=regions, --set pipeline.tta_flips=false, "
+                        "--set segmenter.phase_prob=0.3)")
     return parser
 
 

@@ -250,9 +250,16 @@ def override(config: Any, assignments: list[str]) -> Any:
 
 def override_preset(chosen: Preset, stage: StageName, assignments: list[str]) -> tuple[StageConfig, PipelineConfig]:
     """The stage and pipeline settings of ``chosen`` with overrides; ``pipeline.KEY=VALUE`` items
-    go to the pipeline (e.g. ``pipeline.min_box_vox=32``), all others to the stage."""
+    go to the pipeline (e.g. ``pipeline.min_box_vox=32``), ``localizer.KEY=VALUE`` and
+    ``segmenter.KEY=VALUE`` items to that stage alone, all others to the stage."""
     pipeline_items = [a.removeprefix("pipeline.") for a in assignments if a.startswith("pipeline.")]
-    stage_items = [a for a in assignments if not a.startswith("pipeline.")]
+    stage_items = []
+    for item in assignments:
+        named = next((name for name in STAGES if item.startswith(f"{name}.")), None)
+        if named == stage:
+            stage_items.append(item.removeprefix(f"{stage}."))
+        elif named is None and not item.startswith("pipeline."):
+            stage_items.append(item)
     return override(chosen.stage(stage), stage_items), override(chosen.pipeline, pipeline_items)
 
 

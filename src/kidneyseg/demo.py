@@ -15,7 +15,8 @@ def run_demo(out: Path, *, cases: int = 40, heldout: int = 8, minutes: float = 0
 
     Training runs the ``tiny`` preset's fixed number of epochs per stage (so the result does not
     depend on the machine's speed); ``minutes`` > 0 additionally caps each stage's training time.
-    ``overrides`` (``KEY=VALUE``, ``pipeline.KEY=VALUE``) change the preset for both stages.
+    ``overrides`` (``KEY=VALUE``, ``pipeline.KEY=VALUE``) change the preset for both stages
+    (``localizer.KEY=VALUE``, ``segmenter.KEY=VALUE``: for that stage alone).
     """
     from kidneyseg.batch import evaluate_folders, predict_inputs
     from kidneyseg.evaluation import format_table, summarize

@@ -114,8 +114,8 @@ def homogenise_kidney(image: torch.Tensor, label: torch.Tensor, rng: np.random.R
     holds no darker hilum (label maps that leave the hilum out, or a scan that shows none), which would
     otherwise be told from a tumour by that alone. Tumour (label 2) and everything else are untouched.
     Without it, a renderer of the late-arterial phase (or KiTS19's late-arterial scans) teaches that a
-    kidney without the pattern is tumour. In the localizer, whose label 1 is kidney and tumour together,
-    tumour is flattened too.
+    kidney without the pattern is tumour. The localizer's samples keep kidney and tumour apart until they
+    are drawn, so that there too only the kidney is flattened.
     """
     kidney = (label[0] == KIDNEY).numpy()
     offset = rng.uniform(*PHASE_OFFSET)
@@ -141,7 +141,7 @@ def redraw_tumour(image: torch.Tensor, label: torch.Tensor, rng: np.random.Rando
     TUMOUR_TEXTURE, of its own texture around its mean, and fresh noise of the image's level
     (``_noise_sd``) makes up the rest of the voxel noise; blended by the tumour mask blurred over one
     voxel. Kidney and everything else are untouched; a sample without tumour or parenchyma is returned
-    as it is (the localizer's labels have no tumour class).
+    as it is. In the localizer it teaches that a kidney-or-tumour region can hold a tumour of any look.
     """
     tumour, kidney = (label[0] == TUMOR).numpy(), (label[0] == KIDNEY).numpy()
     level, keep = rng.uniform(*TUMOUR_LEVEL), rng.uniform(*TUMOUR_TEXTURE)

@@ -1,13 +1,14 @@
 """The preprocessing cache: every case decoded and validated once, stored as .npy.
 
 Stage 1 stores each whole CT normalised and zoomed to the localizer's input size (float32, exactly
-what inference feeds the localizer). Stage 2 stores, for each kidney of the ground truth, the CT's
-raw values (its own dtype) on the paper's crop box plus enough spare voxels on every side for the
-translation jitter and the axial rotation, with the whole CT's normalisation statistics, so that a
-training draw is one interpolation of full-resolution data (kidneyseg.stage_input) and an
-un-augmented draw equals inference's input for that box bitwise. The index records a fingerprint of the settings,
-the source files' sizes and times, and the source code of every module that shapes the cached
-arrays; a cache whose fingerprint differs (a setting, a file or that code changed) is rebuilt.
+what inference feeds the localizer) with its kidney and tumour labels. Stage 2 stores, for each
+kidney of the ground truth, the CT's raw values (its own dtype) on the paper's crop box plus enough
+spare voxels on every side for the translation jitter and the axial rotation, with the whole CT's
+normalisation statistics, so that a training draw is one interpolation of full-resolution data
+(kidneyseg.stage_input) and an un-augmented draw equals inference's input for that box bitwise. The
+index records a fingerprint of the settings, the source files' sizes and times, and the source code
+of every module that shapes the cached arrays; a cache whose fingerprint differs (a setting, a file
+or that code changed) is rebuilt.
 """
 
 from __future__ import annotations
@@ -134,10 +135,12 @@ def build_cache(cases: list[io.layout.Case], cache_dir: Path, stage: StageConfig
 
 def _cache_whole(cache_dir: Path, case_id: str, source: Source, labels: np.ndarray,
                  spacing_mm: tuple[float, float, float], size) -> dict:
-    """The whole CT as the localizer sees it: normalised, zoomed to ``size`` (float32)."""
+    """The whole CT as the localizer sees it: normalised, zoomed to ``size`` (float32). Its labels keep
+    kidney and tumour apart (nearest voxel), so that augmentations can treat them apart; the localizer's
+    one foreground class is made of both when a sample is drawn (kidneyseg.training.data.load_sample)."""
     whole = Box((0, 0, 0), tuple(labels.shape))
     image = stage_image(source, whole, size)[0].numpy()
-    target = stage_labels(Source((labels > 0).astype(np.uint8)), whole, size)[0].numpy().astype(np.uint8)
+    target = stage_labels(Source(labels.astype(np.uint8)), whole, size)[0].numpy().astype(np.uint8)
     hu_min, hu_max, mean, std = source.window
     outside = float(normalize_ct(np.array([source.pad]), hu_min, hu_max, (mean, std))[0])  # air beyond the CT
     zoom_spacing = tuple(float(s * n / m) for s, n, m in zip(spacing_mm, labels.shape, size, strict=True))

@@ -50,6 +50,8 @@ def load_sample(sample: Sample, stage: StageConfig, rng: np.random.RandomState |
         image, label = insert_tumour(image, label, rng)
     if rng is not None and intensity is not None:
         image = augment_intensity(intensity, image, rng)
+    if stage.stage == "localizer":
+        label = (label > 0).long()  # kidney-or-tumour: the cache keeps the two apart for the augmentations
     return image, label
 
 
