@@ -21,6 +21,12 @@ Run benchmarks/accuracy.py first (or at least let it render the cases). Each run
 WORK/recipe/RUN/ (model) and WORK/recipe/RUN.json (scores) and reused when present; two processes
 with different ``--rows`` or ``--seeds`` and ``--threads 1`` use both cores. Every call prints the
 table of all rows scored so far and writes WORK/recipe/table.md.
+
+With ``--stage localizer`` the rows are LOCALIZER_ROWS, each on top of the ``small`` preset's localizer
+as it is (64³, HU window [-79, 304]): stage 1 alone is trained for ``--steps`` steps on the 150
+training CTs and scored on both renderers' 30 validation cases through ``segment`` (the preset's
+inference; stage 2 untrained, its output unused): localization recall (the share of each case's true
+kidney+tumour voxels inside the predicted boxes) and the number of boxes against the true kidneys.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accuracy import bootstrap_interval, shared_cache
+from accuracy import bootstrap_interval, box_recall, shared_cache
 
 from kidneyseg import io
 from kidneyseg.config import override_preset, preset, stage_from_dict
@@ -79,6 +85,13 @@ ROWS = {
     "Dice + CE, HU [-79, 304], phase 0.3, sinus filled": ["pipeline.hu_min=-79", "pipeline.hu_max=304",
                                                           "phase_prob=0.3", "phase_sinus_prob=1.0"],
 }
+# Each localizer row: the settings it changes from the small preset's localizer.
+LOCALIZER_ROWS = {
+    "small localizer": [],
+    "tumour look 0.3": ["tumor_look_prob=0.3"],
+    "phase 0.3, sinus filled, tumour look 0.3": ["phase_prob=0.3", "phase_sinus_prob=1.0", "tumor_look_prob=0.3"],
+    "intensity 0.5": ["intensity_prob=0.5"],
+}
 # How training inputs were built: 1, a resize of the full-resolution crop, then MONAI's rotation of the resized
 # cube (voxel space) and flips; 2, kidneyseg.stage_input: one interpolation for crop, zoom, shift, rotation
 # (in mm) and flips. Rows measured with one are not compared with rows measured with the other.
@@ -97,7 +110,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=240, help="training steps per run")
     parser.add_argument("--draws", type=int, default=48, help="draws per epoch (steps must be a multiple)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--rows", nargs="*", help=f"row names or numbers 0-{len(ROWS) - 1} (default: the first 4)")
+    parser.add_argument("--rows", nargs="*", help="row names or numbers (ROWS, or LOCALIZER_ROWS with --stage "
+                        "localizer; default: the first 4)")
+    parser.add_argument("--stage", choices=("segmenter", "localizer"), default="segmenter",
+                        help="the stage the rows train (default segmenter)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--table-only", action="store_true", help="print the table of the runs stored so far")
     args = parser.parse_args()
@@ -112,12 +128,16 @@ def main() -> int:
     out = args.work / "recipe"
     out.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
-        names = list(ROWS)
+        names = list(ROWS if args.stage == "segmenter" else LOCALIZER_ROWS)
         chosen = [names[int(r)] if r.isdigit() else r for r in args.rows] if args.rows else names[:4]
+        unknown = [name for name in chosen if name not in names]
+        if unknown:
+            parser.error(f"unknown rows for the {args.stage}: {unknown}")
         for name in chosen:
             for seed in args.seeds:
-                run(name, seed, args.work, out, args.steps, args.draws)
-    table = markdown(out)
+                (run if args.stage == "segmenter" else run_localizer)(name, seed, args.work, out, args.steps,
+                                                                       args.draws)
+    table = markdown(out) + "\n" + localizer_markdown(out)
     (out / "table.md").write_text(table)
     print(table)
     return 0
@@ -160,6 +180,46 @@ def run(name: str, seed: int, work: Path, out: Path, steps: int, draws: int) -> 
     return result
 
 
+def run_localizer(name: str, seed: int, work: Path, out: Path, steps: int, draws: int) -> dict:
+    """Train the localizer of (row, seed) for ``steps`` steps and score its boxes on both renderers."""
+    slug = f"localizer-{re.sub('[^a-z0-9]+', '-', name.lower()).strip('-')}-{steps}-s{seed}"
+    result_path = out / f"{slug}.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    small = preset("small")
+    epochs = steps // draws
+    stage, pipeline = override_preset(small, "localizer", [
+        *LOCALIZER_ROWS[name], f"seed={seed}", f"epochs={epochs}", f"samples_per_epoch={draws}",
+        f"val_every={epochs}", "val_fraction=0.05", "max_minutes=0"])
+    model_dir = out / slug
+    cases = io.layout.kits_cases(work / "train")
+    cache = "cache-" + hashlib.sha256(json.dumps(fingerprint(cases, stage, pipeline)).encode()).hexdigest()[:10]
+    shared_cache(work, model_dir, cache)
+    start, train_seconds = time.perf_counter(), None
+    if not trained_already(model_dir / "localizer", stage):
+        with open(work / f"{cache}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            build_cache(cases, work / cache / "localizer", stage, pipeline)
+        fit(work / "train", model_dir, stage, pipeline, overwrite=True)
+        train_seconds = time.perf_counter() - start
+    net, trained, _ = load_model(model_dir / "localizer" / "best.safetensors")
+    model = TwoStageModel(net, trained, build_model(small.segmenter), small.segmenter, pipeline)
+    scores = {}
+    for folder in RENDERERS:
+        scores[folder] = {}
+        for case in io.layout.kits_cases(work / folder):
+            image, truth = io.load_case(case)
+            boxes = segment(image, model).boxes  # stage 2 is untrained: only the boxes are used
+            scores[folder][case.case_id] = {
+                "recall": box_recall(truth.array > 0, boxes), "boxes": len(boxes),
+                "kidneys": len(kidney_boxes(truth.array > 0, pipeline, image.spacing_mm))}
+    result = {"row": name, "stage": "localizer", "settings": LOCALIZER_ROWS[name], "seed": seed, "steps": steps,
+              "draws_per_epoch": draws, "threads": torch.get_num_threads(), "train_seconds": train_seconds,
+              "per_case": scores}
+    result_path.write_text(json.dumps(result, indent=1))
+    return result
+
+
 def trained_already(run_dir: Path, stage) -> bool:
     """The run folder holds a finished run of exactly ``stage``: its settings and all its epochs."""
     config, log = run_dir / "config.json", run_dir / "log.csv"
@@ -193,6 +253,7 @@ def summarize_row(runs: list[dict], folder: str, region: str, draws: int = 2000)
 
 def markdown(out: Path) -> str:
     runs = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    runs = [r for r in runs if r.get("stage", "segmenter") == "segmenter"]
     groups: dict[tuple[str, int, int], list[dict]] = {}
     for r in runs:
         groups.setdefault((r["row"], r["steps"], r.get("inputs", 1)), []).append(r)
@@ -216,6 +277,33 @@ def markdown(out: Path) -> str:
     return ("Each cell: mean over seeds (seed means min-max; bootstrap 95 % interval over the 30 cases). Inputs v1:\n"
             "resize, then rotation of the resized cube; v2: one interpolation (kidneyseg.stage_input).\n\n"
             + "\n".join(lines) + "\n")
+
+
+def localizer_markdown(out: Path) -> str:
+    """The localizer rows: per renderer, the recall (mean over seeds, seed means min-max, bootstrap 95 %
+    interval over cases of the seed-averaged recall) and the cases whose box count differs from the true
+    kidneys' (summed over seeds)."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for path in sorted(out.glob("localizer-*.json")):
+        r = json.loads(path.read_text())
+        groups.setdefault((r["row"], r["steps"]), []).append(r)
+    if not groups:
+        return ""
+    header = " | ".join(f"{RENDERERS[f]}: recall | {RENDERERS[f]}: wrong box count" for f in RENDERERS)
+    lines = [f"| localizer recipe | steps | seeds | {header} |", "|---|---|---|" + "---|" * (2 * len(RENDERERS))]
+    order = {name: i for i, name in enumerate(LOCALIZER_ROWS)}
+    for (name, steps), group in sorted(groups.items(), key=lambda kv: (kv[0][1], order.get(kv[0][0], 99))):
+        cells = []
+        for folder in RENDERERS:
+            cases = sorted(group[0]["per_case"][folder])
+            table = np.array([[r["per_case"][folder][c]["recall"] for c in cases] for r in group])
+            means = table.mean(axis=1)
+            low, high = bootstrap_interval(table.mean(axis=0))
+            wrong = sum(v["boxes"] != v["kidneys"] for r in group for v in r["per_case"][folder].values())
+            cells += [f"{means.mean():.3f} ({means.min():.3f}-{means.max():.3f}; CI {low:.2f}-{high:.2f})",
+                      f"{wrong} of {len(group) * len(cases)}"]
+        lines.append(f"| {name} | {steps} | {len(group)} | {' | '.join(cells)} |")
+    return "Localizer rows: recall and box counts on each renderer's 30 validation cases.\n\n" + "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -262,6 +262,21 @@ def test_cache_records_tumor_crops(phantom_dir, tmp_path):
     assert any(s.has_tumor for s in samples)
 
 
+@pytest.mark.parametrize("name", ["localizer", "segmenter"])
+def test_cache_built_by_worker_processes_equals_the_one_built_in_process(phantom_dir, tmp_path, name):
+    """Two worker processes write the same samples, in the same order, with the same arrays."""
+    from kidneyseg import io
+
+    stage, cases = micro_stage(name), io.layout.kits_cases(phantom_dir)
+    alone = build_cache(cases, tmp_path / "alone", stage, preset("tiny").pipeline, progress=False)
+    pooled = build_cache(cases, tmp_path / "pooled", stage, preset("tiny").pipeline, progress=False, workers=2)
+    assert len(alone) == len(pooled) > len(cases) - 1
+    for a, b in zip(alone, pooled, strict=True):
+        assert (a.case_id, a.box, a.window, a.has_tumor) == (b.case_id, b.box, b.window, b.has_tumor)
+        assert np.array_equal(np.load(a.image), np.load(b.image))
+        assert np.array_equal(np.load(a.label), np.load(b.label))
+
+
 def test_localizer_cache_keeps_the_tumour_until_a_sample_is_drawn(phantom_dir, tmp_path):
     """The localizer's cached labels keep kidney (1) and tumour (2) apart, so that the tumour-look
     augmentation can change the tumour alone; every drawn sample, augmented or not, is kidney-or-tumour

@@ -61,7 +61,8 @@ def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineC
         compile: bool = False) -> FitResult:
     """Train ``stage`` on the KiTS-layout ``data_dir``; write the run into ``model_dir/<stage>``.
 
-    ``workers``: processes preparing the inputs (None: ``default_workers(device)``; 0: this process);
+    ``workers``: processes preparing the inputs and building the cache (None: ``default_workers(device)``;
+    0: this process);
     the weights do not depend on it. ``compile``: run the network through ``torch.compile``. Under
     torchrun each process is one rank of a DistributedDataParallel run (kidneyseg.training.distributed);
     rank 0 writes the run folder.
@@ -74,7 +75,7 @@ def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineC
     if ranks.main:  # the run folder and the cache first, then the other ranks read them
         run_dir = io.check_output_dir(run_dir)
         _prepare_run_dir(run_dir, stage, pipeline, resume, overwrite)
-        build_cache(cases, Path(model_dir) / "cache" / stage.stage, stage, pipeline, progress)
+        build_cache(cases, Path(model_dir) / "cache" / stage.stage, stage, pipeline, progress, workers)
         write_profile(model_dir, cases)  # what inputs to expect, for the report's input_unlike_training flag
     distributed.barrier(ranks)
     samples = build_cache(cases, Path(model_dir) / "cache" / stage.stage, stage, pipeline, False)
