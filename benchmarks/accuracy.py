@@ -33,6 +33,8 @@ import csv
 import json
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +73,14 @@ def main() -> int:
     parser.add_argument("--skip-training", action="store_true", help="evaluate an existing WORK/model-TAG")
     parser.add_argument("--table-only", action="store_true",
                         help="rewrite WORK/results-TAG.md from WORK/results-TAG.json and print it (no training)")
+    parser.add_argument("--device", default="cpu", help="torch device for training and evaluation, e.g. cuda")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="processes rendering the phantoms (the training's input workers and cache follow "
+                        "the device: none on a CPU, one per core beyond the first on a GPU, at most 8)")
+    parser.add_argument("--no-independent", action="store_true",
+                        help="skip the independent renderer (rendering it takes about 30 s per case and process)")
+    parser.add_argument("--limit", type=int, default=0,
+                        help="only the first N training and N validation cases of the split: a quick rehearsal")
     parser.add_argument("--main-only", action="store_true",
                         help="score only the preset's own inference (no ablations, no oracle, no real CT): render, "
                              "cache, train and evaluate fit in about 100 minutes on 2 cores")
@@ -82,32 +92,41 @@ def main() -> int:
         print(f"label maps not found at {args.labels}", file=sys.stderr)
         return 2
     split = json.loads((HERE / "kits19_split.json").read_text())
-    train_dir, val_dir = render(args.labels, args.work, split, args.seed)
+    if args.limit:
+        split = {**split, "train": split["train"][: args.limit], "validation": split["validation"][: args.limit]}
+    train_dir, val_dir = render(args.labels, args.work, split, args.seed, args.jobs)
     model_dir = args.work / f"model-{args.tag}"
     timings = {} if args.skip_training else train(train_dir, model_dir, args)
     print(f"model directory: {model_dir}", flush=True)
     ablations = {"as trained": {}} if args.main_only else ABLATIONS
+    ablations = {name: {**options, "device": args.device} for name, options in ablations.items()}
     evaluations = evaluate(val_dir, model_dir, ablations, oracle=None if args.main_only else "as trained")
     best = max(evaluations, key=lambda name: evaluations[name]["summary"]["kidney_tumor"]["mean"])
-    independent_dir = render_independent(args.labels, args.work, split["validation"])
-    evaluations[f"independent renderer, {best}"] = evaluate(independent_dir, model_dir, {best: ablations[best]},
-                                                            oracle=None if args.main_only else best)[best]
-    results = {"preset": args.preset, "overrides": args.overrides, "minutes": args.minutes, "train_seconds": timings,
-               "evaluations": evaluations, "real_ct": None if args.main_only else real_ct(model_dir, ablations[best])}
+    if not args.no_independent:
+        independent_dir = render_independent(args.labels, args.work, split["validation"], args.jobs)
+        evaluations[f"independent renderer, {best}"] = evaluate(independent_dir, model_dir, {best: ablations[best]},
+                                                                oracle=None if args.main_only else best)[best]
+    results = {"preset": args.preset, "overrides": args.overrides, "minutes": args.minutes, "device": args.device,
+               "train_seconds": timings, "steps": steps_done(model_dir), "evaluations": evaluations,
+               "real_ct": None if args.main_only else real_ct(model_dir, ablations[best])}
     results["learning_curve"] = learning_curve(model_dir, args.work / f"learning-curve-{args.tag}.png")
     (args.work / f"results-{args.tag}.json").write_text(json.dumps(results, indent=1))
     write_table(results, args.work, args.tag)
     return 0
 
 
-def render(labels: Path, work: Path, split: dict, seed: int) -> tuple[Path, Path]:
-    """Render missing cases once into WORK/rendered; link them into train/ and validation/ folders."""
+def render(labels: Path, work: Path, split: dict, seed: int, jobs: int = 1) -> tuple[Path, Path]:
+    """Render missing cases once into WORK/rendered (``jobs`` processes; each case depends only on the
+    seed and its id); link them into train/ and validation/ folders."""
     from kidneyseg.synthetic import synthesize_from_labels
 
     rendered = work / "rendered"
     wanted = split["train"] + split["validation"]
     missing = [c for c in wanted if not (rendered / c / "imaging.nii.gz").exists()]
-    if missing:
+    if missing and jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            list(pool.map(partial(synthesize_from_labels, labels, rendered, seed, False), [[c] for c in missing]))
+    elif missing:
         synthesize_from_labels(labels, rendered, seed, cases=missing)
     folders = []
     for name, cases in (("train", split["train"]), ("validation", split["validation"])):
@@ -120,14 +139,16 @@ def render(labels: Path, work: Path, split: dict, seed: int) -> tuple[Path, Path
     return folders[0], folders[1]
 
 
-def render_independent(labels: Path, work: Path, cases: list[str]) -> Path:
-    """The validation cases drawn by benchmarks/independent_phantoms.py (seed 7), once, into WORK/independent."""
+def render_independent(labels: Path, work: Path, cases: list[str], jobs: int = 1) -> Path:
+    """The validation cases drawn by benchmarks/independent_phantoms.py (seed 7), once, into WORK/independent
+    (``jobs`` processes)."""
     from independent_phantoms import render_case
 
     folder = work / "independent"
-    for case in cases:
-        if not (folder / case / "imaging.nii.gz").exists():
-            render_case(labels / case / "segmentation.nii.gz", folder, seed=7)
+    missing = [labels / case / "segmentation.nii.gz" for case in cases
+               if not (folder / case / "imaging.nii.gz").exists()]
+    with ProcessPoolExecutor(max(jobs, 1)) as pool:
+        list(pool.map(partial(render_case, out_dir=folder, seed=7), missing))
     return folder
 
 
@@ -167,7 +188,7 @@ def train(train_dir: Path, model_dir: Path, args) -> dict[str, float]:
         stage, pipeline = override_preset(chosen, name, [f"max_minutes={args.minutes * share}", "epochs=100000",
                                                          *args.overrides])
         start = time.perf_counter()
-        fit(train_dir, model_dir, stage, pipeline, overwrite=True)
+        fit(train_dir, model_dir, stage, pipeline, overwrite=True, device=args.device)
         timings[name] = time.perf_counter() - start
     return timings
 
@@ -204,6 +225,16 @@ def box_recall(truth: np.ndarray, boxes) -> float:
         inside[tuple(slice(lo, hi) for lo, hi in zip(inner.lo, inner.hi))] = True
     total = np.count_nonzero(truth)
     return float(np.count_nonzero(truth & inside) / total) if total else 1.0
+
+
+def steps_done(model_dir: Path) -> dict[str, int]:
+    """Training steps each stage made (log.csv's draws per epoch over the batch size)."""
+    steps = {}
+    for stage in ("localizer", "segmenter"):
+        batch = json.loads((model_dir / stage / "config.json").read_text())["stage"]["batch_size"]
+        with open(model_dir / stage / "log.csv", newline="") as handle:
+            steps[stage] = sum(-(-int(row["samples"]) // batch) for row in csv.DictReader(handle) if row["samples"])
+    return steps
 
 
 def learning_curve(model_dir: Path, png: Path) -> dict[str, dict[str, list[float]]]:
@@ -265,9 +296,11 @@ def markdown(results: dict) -> str:
         lines.append(f"| {name} | {' | '.join(cells)} | "
                      f"{s['kidney_only']['mean']:.3f} | {oracle} | {ev['localization_recall']:.3f} | "
                      f"{ev['seconds_per_case']:.1f} |")
-    budget = ", ".join(f"{k} {v / 60:.1f} min" for k, v in results["train_seconds"].items())
+    steps = results.get("steps", {})
+    budget = ", ".join(f"{k} {v / 60:.1f} min" + (f" ({steps[k]:,} steps)" if k in steps else "")
+                       for k, v in results["train_seconds"].items())
     text = (f"preset {results['preset']}, overrides {results['overrides'] or 'none'}, "
-            f"training with its cache {budget or 'reused'}"
+            f"training with its cache {budget or 'reused'} on {results.get('device', 'cpu')}"
             "\n\n" + "\n".join(lines) + "\n")
     if results.get("real_ct"):
         r = results["real_ct"]
