@@ -13,8 +13,8 @@
 #   .venv/bin/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 #       -c constraints.txt monai nibabel connected-components-3d isal -d .whl
-#   LABELS=.labels: a copy of ../shared/data/kits19-labels (LICENSE and kits.json too) with each
-#   segmentation.nii.gz recompressed at gzip level 9 (57 MB become about 15, under the 64 MiB a call carries)
+#   .venv/bin/python benchmarks/pack_labels.py      # ../shared/data/kits19-labels at gzip level 9 into .labels
+#                                                    # (57 MB become about 17, under the 64 MiB a call carries)
 #
 #   device run:  bash benchmarks/gpu_accuracy.sh      (carry: .whl .labels)
 #
