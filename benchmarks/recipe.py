@@ -151,23 +151,10 @@ def run(name: str, seed: int, work: Path, out: Path, steps: int, draws: int) -> 
     if result_path.exists():
         return json.loads(result_path.read_text())
     small = preset("small")
-    epochs = steps // draws
-    stage, pipeline = override_preset(small, "segmenter", [
-        *BASE, *ROWS[name], *INFERENCE, f"seed={seed}", f"epochs={epochs}", f"samples_per_epoch={draws}",
-        f"val_every={epochs}", "val_fraction=0.05", "max_minutes=0"])
+    stage, pipeline = override_preset(small, "segmenter", [*BASE, *ROWS[name], *INFERENCE,
+                                                           *step_budget(seed, steps, draws)])
     model_dir = out / slug
-    cases = io.layout.kits_cases(work / "train")
-    # One cache folder per fingerprint (settings, files, code), so that rows with other HU windows or
-    # box rules, run in parallel, never rebuild a cache another row is reading.
-    cache = "cache-" + hashlib.sha256(json.dumps(fingerprint(cases, stage, pipeline)).encode()).hexdigest()[:10]
-    shared_cache(work, model_dir, cache)
-    start, train_seconds = time.perf_counter(), None
-    if not trained_already(model_dir / "segmenter", stage):  # else a run that stopped before its scoring
-        with open(work / f"{cache}.lock", "w") as lock:  # parallel runs build the shared cache once
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            build_cache(cases, work / cache / "segmenter", stage, pipeline)
-        fit(work / "train", model_dir, stage, pipeline, overwrite=True)
-        train_seconds = time.perf_counter() - start
+    train_seconds = train_once(work, model_dir, stage, pipeline)
     net, trained, _ = load_model(model_dir / "segmenter" / "best.safetensors")
     # The localizer is never run: segment(..., boxes=) replaces it with the ground-truth boxes.
     localizer = build_model(small.localizer)
@@ -187,21 +174,9 @@ def run_localizer(name: str, seed: int, work: Path, out: Path, steps: int, draws
     if result_path.exists():
         return json.loads(result_path.read_text())
     small = preset("small")
-    epochs = steps // draws
-    stage, pipeline = override_preset(small, "localizer", [
-        *LOCALIZER_ROWS[name], f"seed={seed}", f"epochs={epochs}", f"samples_per_epoch={draws}",
-        f"val_every={epochs}", "val_fraction=0.05", "max_minutes=0"])
+    stage, pipeline = override_preset(small, "localizer", [*LOCALIZER_ROWS[name], *step_budget(seed, steps, draws)])
     model_dir = out / slug
-    cases = io.layout.kits_cases(work / "train")
-    cache = "cache-" + hashlib.sha256(json.dumps(fingerprint(cases, stage, pipeline)).encode()).hexdigest()[:10]
-    shared_cache(work, model_dir, cache)
-    start, train_seconds = time.perf_counter(), None
-    if not trained_already(model_dir / "localizer", stage):
-        with open(work / f"{cache}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            build_cache(cases, work / cache / "localizer", stage, pipeline)
-        fit(work / "train", model_dir, stage, pipeline, overwrite=True)
-        train_seconds = time.perf_counter() - start
+    train_seconds = train_once(work, model_dir, stage, pipeline)
     net, trained, _ = load_model(model_dir / "localizer" / "best.safetensors")
     model = TwoStageModel(net, trained, build_model(small.segmenter), small.segmenter, pipeline)
     scores = {}
@@ -218,6 +193,32 @@ def run_localizer(name: str, seed: int, work: Path, out: Path, steps: int, draws
               "per_case": scores}
     result_path.write_text(json.dumps(result, indent=1))
     return result
+
+
+def step_budget(seed: int, steps: int, draws: int) -> list[str]:
+    """Settings for exactly ``steps`` steps in epochs of ``draws`` draws, validated once at the end on 5 %
+    of the training cases, with no time limit."""
+    epochs = steps // draws
+    return [f"seed={seed}", f"epochs={epochs}", f"samples_per_epoch={draws}", f"val_every={epochs}",
+            "val_fraction=0.05", "max_minutes=0"]
+
+
+def train_once(work: Path, model_dir: Path, stage, pipeline) -> float | None:
+    """Train ``stage`` into ``model_dir`` on WORK/train unless a finished run of it is there (one that
+    stopped before its scoring); the seconds it took, or None."""
+    cases = io.layout.kits_cases(work / "train")
+    # One cache folder per fingerprint (settings, files, code), so that rows with other HU windows or
+    # box rules, run in parallel, never rebuild a cache another row is reading.
+    cache = "cache-" + hashlib.sha256(json.dumps(fingerprint(cases, stage, pipeline)).encode()).hexdigest()[:10]
+    shared_cache(work, model_dir, cache)
+    if trained_already(model_dir / stage.stage, stage):
+        return None
+    start = time.perf_counter()
+    with open(work / f"{cache}.lock", "w") as lock:  # parallel runs build the shared cache once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        build_cache(cases, work / cache / stage.stage, stage, pipeline)
+    fit(work / "train", model_dir, stage, pipeline, overwrite=True)
+    return time.perf_counter() - start
 
 
 def trained_already(run_dir: Path, stage) -> bool:
