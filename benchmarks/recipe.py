@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accuracy import bootstrap_interval, box_recall, shared_cache
+from confusion import segmenter_only
 
 from kidneyseg import io
 from kidneyseg.config import override_preset, preset, stage_from_dict
@@ -155,10 +156,8 @@ def run(name: str, seed: int, work: Path, out: Path, steps: int, draws: int) -> 
                                                            *step_budget(seed, steps, draws)])
     model_dir = out / slug
     train_seconds = train_once(work, model_dir, stage, pipeline)
-    net, trained, _ = load_model(model_dir / "segmenter" / "best.safetensors")
     # The localizer is never run: segment(..., boxes=) replaces it with the ground-truth boxes.
-    localizer = build_model(small.localizer)
-    model = TwoStageModel(localizer, small.localizer, net, trained, pipeline)
+    model = segmenter_only(model_dir)
     scores = {folder: score(work / folder, model) for folder in RENDERERS}
     result = {"row": name, "settings": ROWS[name], "inputs": INPUTS, "seed": seed, "steps": steps,
               "draws_per_epoch": draws,
