@@ -39,10 +39,16 @@ def test_bad_overrides_are_usage_errors(bad):
         override(preset("tiny").localizer, [bad])
 
 
-@pytest.mark.parametrize("bad", ["box_threshold=0.6", "box_threshold=0"])
-def test_box_threshold_outside_its_range_is_a_usage_error(bad):
-    with pytest.raises(UsageError, match="box_threshold"):
+@pytest.mark.parametrize("bad", ["box_threshold=0.6", "box_threshold=0", "refine_boxes=-1"])
+def test_box_settings_outside_their_range_are_usage_errors(bad):
+    with pytest.raises(UsageError, match=bad.split("=")[0]):
         override(preset("tiny").pipeline, [bad])
+
+
+@pytest.mark.parametrize("bad", ["cut_box_prob=1.5", "cut_box_prob=-0.1"])
+def test_cut_box_chance_outside_zero_to_one_is_a_usage_error(bad):
+    with pytest.raises(UsageError, match="cut_box_prob"):
+        override(preset("tiny").segmenter, [bad])
 
 
 def test_stage_prefixed_overrides_reach_that_stage_alone():

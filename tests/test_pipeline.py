@@ -237,3 +237,73 @@ def test_prediction_never_imports_the_training_package():
             "print(sorted(m for m in sys.modules if m.startswith('kidneyseg.training')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+class _Bright(torch.nn.Module):
+    """A stand-in segmenter: kidney where the normalised input is above 0, background elsewhere; counts its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        k = 20 * x[:, 0]
+        return torch.stack([-k, k, torch.full_like(k, -1e4)], dim=1)
+
+
+def _refine_case(refine_boxes: int, box_hi_x: int):
+    """A 100 x 60 x 40 CT (1 mm voxels) of fat with a bright block at X 20-80 and a separate one at X 86-96; stage 2
+    (``_Bright``) on a box that covers X 18 to ``box_hi_x``. Returns (final box, labels on it, network calls)."""
+    from kidneyseg.geometry import Box
+    from kidneyseg.inference import segment_box
+    from kidneyseg.preprocess import clipped_stats
+    from kidneyseg.stage_input import Source
+
+    ct = np.full((100, 60, 40), -100, np.int16)
+    ct[20:80, 20:40, 10:30] = 200
+    ct[86:96, 20:40, 10:30] = 200
+    pipeline = dict(margin_mm=0.0, min_box_mm=0.0, margin_vox=2, min_box_vox=1, tta_flips=False,
+                    resize_probabilities=False, refine_boxes=refine_boxes)
+    model = replace(_ramp_model(**pipeline), segmenter=_Bright())
+    cfg = model.pipeline
+    source = Source(ct, pad=-100.0, window=(cfg.hu_min, cfg.hu_max, *clipped_stats(ct, cfg.hu_min, cfg.hu_max)))
+    box, labels = segment_box(source, Box((18, 18, 8), (box_hi_x, 42, 32)), (1.0, 1.0, 1.0), model, {"network": 0.0})
+    return box, labels, model.segmenter.calls
+
+
+def test_a_box_cut_by_its_labels_grows_over_the_rest_of_the_region():
+    """The first box ends inside the block (X 50): its labels cover the face at X 50, so the box is widened
+    there by half its side (to X 66), still cut, widened again (to X 91) and fitted to the block (X 20-80 with the
+    2-voxel margin); the block beyond the gap (X 86), inside the last widened box but not joined, stays out."""
+    box, labels, calls = _refine_case(refine_boxes=2, box_hi_x=50)
+    assert box.lo == (18, 18, 8) and box.hi == (82, 42, 32)
+    assert calls == 5  # the cut box, then twice a widened one and a fitted one
+    assert labels.shape == box.size_vox
+    assert np.all(labels[2:62, 2:22, 2:22] == 1) and labels[:, :, :1].sum() == 0 and labels[63:].sum() == 0
+    box, _, calls = _refine_case(refine_boxes=1, box_hi_x=50)  # one round: fitted to what X 18-66 showed
+    assert box.hi == (68, 42, 32) and calls == 3
+
+
+def test_without_refinement_or_a_cut_the_box_stays():
+    box, labels, calls = _refine_case(refine_boxes=0, box_hi_x=50)
+    assert box.hi == (50, 42, 32) and calls == 1 and np.all(labels[-1, 2:22, 2:22] == 1)
+    box, labels, calls = _refine_case(refine_boxes=2, box_hi_x=82)  # the block's whole box: no face is cut
+    assert box.hi == (82, 42, 32) and calls == 1
+    # The box ends inside the second, separate block: its face is labelled, but not by the largest region.
+    box, labels, calls = _refine_case(refine_boxes=2, box_hi_x=90)
+    assert box.hi == (90, 42, 32) and calls == 1 and np.all(labels[-1, 2:22, 2:22] == 1)
+
+
+def test_cut_faces_ignores_faces_at_the_edge_of_the_ct_and_small_touches():
+    from kidneyseg.geometry import Box
+    from kidneyseg.postprocess import cut_faces, widen
+
+    labels = np.zeros((10, 10, 10), np.uint8)
+    labels[:, 3:7, 3:7] = 1  # runs through both X faces: 16 voxels on each
+    inside, at_edge = Box((5, 0, 0), (15, 10, 10)), Box((0, 0, 0), (10, 10, 10))
+    assert cut_faces(labels, inside, (40, 10, 10), (1.0, 1.0, 1.0), 16.0) == [(0, 0), (0, 1)]
+    assert cut_faces(labels, at_edge, (10, 10, 10), (1.0, 1.0, 1.0), 16.0) == []  # nothing lies beyond the CT
+    assert cut_faces(labels, inside, (40, 10, 10), (1.0, 1.0, 1.0), 17.0) == []  # 16 mm² is less than the minimum
+    assert cut_faces(labels, inside, (40, 10, 10), (1.0, 2.0, 1.0), 17.0) == [(0, 0), (0, 1)]  # 32 mm² with 2 mm voxels
+    assert widen(inside, [(0, 0), (0, 1)], (40, 10, 10)) == Box((0, 0, 0), (20, 10, 10))  # 5 voxels, not past 0

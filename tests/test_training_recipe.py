@@ -386,3 +386,45 @@ def test_poly_schedule_and_sgd_in_a_run_and_resume_repeats_it(phantom_dir, tmp_p
     whole = load_model(tmp_path / "whole" / "localizer" / "last.safetensors")[0].state_dict()
     parts = load_model(tmp_path / "parts" / "localizer" / "last.safetensors")[0].state_dict()
     assert all(torch.equal(whole[k], parts[k]) for k in whole)
+
+
+def test_cut_box_moves_one_or_two_faces_inwards_by_the_drawn_share():
+    from kidneyseg.training.augment import CUT_SHARE, cut_box
+
+    box = Box((10, 20, 30), (110, 70, 90))  # sides 100, 50, 60
+    counts = set()
+    for seed in range(40):
+        cut = cut_box(box, np.random.RandomState(seed))
+        assert cut == cut_box(box, np.random.RandomState(seed))
+        ends = [((box.lo[a], cut.lo[a]), (box.hi[a], cut.hi[a])) for a in range(3)]
+        moved = [(a, s) for a in range(3) for s, (old, new) in enumerate(ends[a]) if old != new]
+        counts.add(len(moved))
+        assert len({a for a, _ in moved}) == len(moved)  # never both faces of one axis
+        for a, _ in moved:
+            share = 1 - cut.size_vox[a] / box.size_vox[a]
+            assert CUT_SHARE[0] - 0.02 <= share <= CUT_SHARE[1] + 0.02
+        assert all(lo >= blo and hi <= bhi for lo, hi, blo, bhi in zip(cut.lo, cut.hi, box.lo, box.hi))
+    assert counts == {1, 2}
+
+
+def test_a_cut_box_puts_the_kidney_on_a_face_of_the_segmenters_draws_only(tmp_path):
+    """A kidney inside its crop (2 voxels from every face, less than the smallest cut): with cut_box_prob=1 every
+    segmenter draw has kidney on the crop's outermost layer; without it, or for the localizer, none has."""
+    label = np.zeros((32, 32, 32), np.uint8)
+    label[2:30, 2:30, 2:30] = 1
+    np.save(tmp_path / "image.npy", np.where(label == 1, 1.0, -2.0).astype(np.float32))
+    np.save(tmp_path / "label.npy", label)
+    sample = Sample("case_00000", tmp_path / "image.npy", tmp_path / "label.npy", Box((0, 0, 0), (32, 32, 32)))
+    plain = ["input_size=32,32,32", "flip_prob=0", "rotate_deg=0", "translate_vox=0", "intensity_prob=0"]
+
+    def on_face(stage, seed):
+        _, drawn = load_sample(sample, micro_stage(stage, *plain), np.random.RandomState(seed))
+        x = drawn[0] > 0
+        return any(bool(np.take(x.numpy(), i, axis=a).any()) for a in range(3) for i in (0, -1))
+
+    for seed in range(6):
+        assert on_face("segmenter", seed) is False
+        plain.append("cut_box_prob=1")
+        assert on_face("segmenter", seed) is True
+        assert on_face("localizer", seed) is False
+        plain.pop()

@@ -86,6 +86,11 @@ class StageConfig:
     # look, labelled tumour (kidneyseg.training.augment.insert_tumour); 0: never (the paper). The localizer ignores
     # it: in the demo, a localizer trained with it found a false second region on one held-out case
     synthetic_tumor_prob: float = 0.0
+    # stage 2: chance per sample of a crop box cut short: one or two of its faces moved inwards by 10-40 % of its
+    # side (kidneyseg.training.augment.cut_box), so the kidney or its tumour runs into the crop's face, as where the
+    # localizer missed part of a large tumour; the network learns to label up to the face, which
+    # pipeline.refine_boxes reads as "the box is too small here". 0: never (the paper)
+    cut_box_prob: float = 0.0
     # bf16: autocast matrix work to bfloat16 (weights stay fp32); fp16: float16 with a gradient scaler, for GPUs
     # without bf16
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -115,9 +120,9 @@ class StageConfig:
                and 0 <= self.scale_range < 1, "augmentation (0 <= scale_range < 1)")
         _check(all(0 <= p <= 1 for p in (self.tumor_fraction, self.intensity_prob, self.texture_prob,
                                           self.phase_prob, self.phase_sinus_prob, self.tumor_look_prob,
-                                          self.synthetic_tumor_prob)),
+                                          self.synthetic_tumor_prob, self.cut_box_prob)),
                "0 <= tumor_fraction, intensity_prob, texture_prob, phase_prob, phase_sinus_prob, tumor_look_prob, "
-               "synthetic_tumor_prob <= 1")
+               "synthetic_tumor_prob, cut_box_prob <= 1")
 
     @property
     def regions(self) -> bool:
@@ -146,6 +151,9 @@ class PipelineConfig:
     # < 0.5: a kidney's box also covers the voxels where the localizer gives kidney a probability of at least
     # this much and that touch its kidney (hysteresis), e.g. a tumour's bulge the localizer is unsure of.
     box_threshold: float = 0.5
+    # > 0: up to this many rounds of growing a box whose stage-2 labels run into one of its faces (the kidney
+    # or its tumour goes on past the box) and segmenting again (kidneyseg.inference.segment_box).
+    refine_boxes: int = 0
 
     def __post_init__(self) -> None:
         _check(self.hu_min < self.hu_max, "hu_min < hu_max")
@@ -153,6 +161,7 @@ class PipelineConfig:
         _check(self.margin_mm >= 0 and self.min_box_mm >= 0, "margin_mm >= 0, min_box_mm >= 0")
         _check(0 <= self.min_region_fraction < 1, "0 <= min_region_fraction < 1")
         _check(0 < self.box_threshold <= 0.5, "0 < box_threshold <= 0.5")
+        _check(self.refine_boxes >= 0, "refine_boxes >= 0")
 
 
 @dataclass(frozen=True)

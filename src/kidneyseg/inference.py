@@ -22,10 +22,10 @@ import torch
 from kidneyseg import io
 from kidneyseg.config import PipelineConfig, StageConfig, differences, pipeline_from_dict, stage_from_dict
 from kidneyseg.errors import ModelFileError, UsageError
-from kidneyseg.geometry import Box, paste_max, resize_image, resize_labels, upsampled_window
+from kidneyseg.geometry import Box, bounding_box, paste_max, resize_image, resize_labels, uncrop, upsampled_window
 from kidneyseg.model import place
 from kidneyseg.outputs import foreground, probabilities, to_labels
-from kidneyseg.postprocess import clean_labels, hysteresis, kidney_boxes
+from kidneyseg.postprocess import clean_labels, crop_box, cut_faces, hysteresis, kidney_boxes, large_components, widen
 from kidneyseg.preprocess import clipped_stats
 from kidneyseg.profile import read_profile
 from kidneyseg.stage_input import Source, stage_image
@@ -192,9 +192,9 @@ def segment(ct: str | Path | io.Volume | np.ndarray, model: TwoStageModel | str 
         zoomed = stage_image(source, whole, model.localizer_config.input_size)
         boxes = localize(zoomed, volume.array.shape, volume.spacing_mm, model, timings)
     labels = volume.zeros(np.uint8)
-    for box in boxes:
-        x = stage_image(source, box, model.segmenter_config.input_size)
-        paste_max(labels, _segment_patch(x, box.size_vox, model, timings), box)
+    for i, box in enumerate(boxes):
+        boxes[i], patch = segment_box(source, box, volume.spacing_mm, model, timings)
+        paste_max(labels, patch, boxes[i])
     if not boxes:
         warnings.warn(f"{volume.name}: no kidney found; the output is all background", stacklevel=2)
     else:  # cleaned where the boxes put labels (the same result as over the whole volume, which is 0 elsewhere)
@@ -221,6 +221,47 @@ def localize(zoomed: torch.Tensor, shape: tuple[int, int, int], spacing_mm: tupl
         return []
     mask, origin = window
     return kidney_boxes(mask, model.pipeline, spacing_mm, origin, shape)
+
+
+# A box's labels must cover at least this much of one of its faces (1 cm²) for the box to count as cut there.
+CUT_AREA_MM2 = 100.0
+
+
+def segment_box(source: Source, box: Box, spacing_mm: tuple[float, float, float], model: TwoStageModel,
+                timings: dict[str, float]) -> tuple[Box, np.ndarray]:
+    """Stage 2 on one kidney's box of the CT that ``source`` holds (whole, at origin 0): (the box, its labels
+    on the box's grid).
+
+    With ``pipeline.refine_boxes`` = n > 0, up to n rounds of: if the largest labelled region covers at least
+    CUT_AREA_MM2 of a face of the box that lies inside the CT (``cut_faces``: the kidney or its tumour goes on
+    past the box, as where the coarse localizer missed part of a large tumour), segment a box widened by half
+    its side at those faces (``widen``), keep what of it is joined to what the box had labelled, and segment again in
+    the crop box around that (the margin and minimum size of every box, so that stage 2 sees the kidney at
+    the scale it was trained on). The box and labels of the last round are returned.
+    """
+    shape = source.array.shape
+    patch = _segment_in(source, box, model, timings)
+    for _ in range(model.pipeline.refine_boxes):
+        main, _ = large_components(patch, 1.0)  # the largest region: stray labels at a face cut nothing
+        faces = cut_faces(main, box, shape, spacing_mm, CUT_AREA_MM2)
+        if not faces:
+            break
+        wide = widen(box, faces, shape)
+        seen = uncrop(patch > 0, box.shifted(tuple(-w for w in wide.lo)), wide.size_vox)
+        found = _segment_in(source, wide, model, timings) > 0
+        joined = hysteresis(seen & found, found)
+        if not joined.any():
+            break
+        grown = crop_box(bounding_box(joined).shifted(wide.lo), model.pipeline, spacing_mm, shape)
+        if grown == box:
+            break
+        box, patch = grown, _segment_in(source, grown, model, timings)
+    return box, patch
+
+
+def _segment_in(source: Source, box: Box, model: TwoStageModel, timings: dict[str, float]) -> np.ndarray:
+    x = stage_image(source, box, model.segmenter_config.input_size)
+    return _segment_patch(x, box.size_vox, model, timings)
 
 
 def _segment_patch(x: torch.Tensor, crop_shape: tuple[int, int, int], model: TwoStageModel,

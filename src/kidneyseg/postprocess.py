@@ -94,7 +94,46 @@ def kidney_boxes(mask: np.ndarray, cfg: PipelineConfig, spacing_mm: tuple[float,
     """
     found = _large_components(mask, cfg.min_region_fraction)
     tight = [b.shifted(origin) for b in found[2]] if found is not None else []
+    return [crop_box(b, cfg, spacing_mm, shape or mask.shape) for b in tight]
+
+
+def crop_box(tight: Box, cfg: PipelineConfig, spacing_mm: tuple[float, float, float],
+             shape: tuple[int, int, int]) -> Box:
+    """The crop box around one region's tight box on a grid of ``shape``: the paper's margin and minimum size in
+    voxels, or in millimetres per axis where ``margin_mm`` / ``min_box_mm`` are set (``expand_box``)."""
     spacing = np.asarray(spacing_mm, dtype=np.float64)
     margin = np.ceil(cfg.margin_mm / spacing).astype(int) if cfg.margin_mm else cfg.margin_vox
     min_size = np.ceil(cfg.min_box_mm / spacing).astype(int) if cfg.min_box_mm else cfg.min_box_vox
-    return [expand_box(b, margin, min_size, shape or mask.shape) for b in tight]
+    return expand_box(tight, margin, min_size, shape)
+
+
+def cut_faces(labels: np.ndarray, box: Box, shape: tuple[int, int, int], spacing_mm: tuple[float, float, float],
+              min_area_mm2: float) -> list[tuple[int, int]]:
+    """The faces of ``box`` that its labels (box-sized, nonzero: kidney or tumour) run into: (axis, 0 for the low
+    side or 1 for the high side) where at least ``min_area_mm2`` of the box's outermost layer of voxels is
+    labelled. Faces at the edge of the grid (``shape``) or past it are never cut: nothing lies beyond them."""
+    faces = []
+    for axis in range(3):
+        others = [spacing_mm[a] for a in range(3) if a != axis]
+        voxel_area = others[0] * others[1]
+        ends = ((0, box.lo[axis] > 0), (box.size_vox[axis] - 1, box.hi[axis] < shape[axis]))
+        for side, (at, inside) in enumerate(ends):
+            if not inside:
+                continue
+            layer = np.take(labels, at, axis=axis)
+            if np.count_nonzero(layer) * voxel_area >= min_area_mm2:
+                faces.append((axis, side))
+    return faces
+
+
+def widen(box: Box, faces: list[tuple[int, int]], shape: tuple[int, int, int], share: float = 0.5) -> Box:
+    """``box`` with each of ``faces`` (``cut_faces``) moved outwards by ``share`` of the box's side along that
+    axis (at least one voxel), no further than the grid's edge; the other faces stay."""
+    lo, hi = list(box.lo), list(box.hi)
+    for axis, side in faces:
+        step = max(1, round(share * box.size_vox[axis]))
+        if side == 0:
+            lo[axis] = min(lo[axis], max(0, lo[axis] - step))
+        else:
+            hi[axis] = max(hi[axis], min(shape[axis], hi[axis] + step))
+    return Box(tuple(lo), tuple(hi))

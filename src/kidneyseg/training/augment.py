@@ -5,7 +5,7 @@ scale, noise, blur), and with ``texture_prob`` > 0 texture changes (gamma, lower
 with ``phase_prob`` > 0 a nephrographic-phase look of the kidney (``homogenise_kidney``), with
 ``tumor_look_prob`` > 0 another enhancement and texture of the tumour (``redraw_tumour``), and with
 ``synthetic_tumor_prob`` > 0 (stage 2) a tumour of random size, shape and look drawn into the kidney
-(``insert_tumour``).
+(``insert_tumour``), and with ``cut_box_prob`` > 0 (stage 2) a crop box cut short (``cut_box``).
 
 Each call draws from a NumPy RandomState the caller passes in, so a draw's augmentation is fixed by
 the generator's seed (kidneyseg.training.data seeds it with (seed, epoch, draw)).
@@ -30,6 +30,7 @@ from monai.transforms import (
 from scipy import ndimage
 
 from kidneyseg.config import StageConfig
+from kidneyseg.geometry import Box
 from kidneyseg.labels import KIDNEY, TUMOR
 from kidneyseg.stage_input import Warp
 
@@ -54,6 +55,8 @@ SYNTHETIC_RADIUS = (0.15, 0.6)
 SYNTHETIC_DARKER = (-0.7, -0.08)
 SYNTHETIC_BRIGHTER = (0.06, 0.2)
 SYNTHETIC_TEXTURE = (0.02, 0.15)
+# How far a cut face of a crop box moves inwards, as a share of the box's side.
+CUT_SHARE = (0.1, 0.4)
 
 
 def draw_warp(stage: StageConfig, rng: np.random.RandomState) -> Warp:
@@ -69,6 +72,23 @@ def draw_warp(stage: StageConfig, rng: np.random.RandomState) -> Warp:
     if stage.scale_range:
         scale = float(np.exp(rng.uniform(-1, 1) * np.log1p(stage.scale_range)))
     return Warp(shift, angle, flip, scale)
+
+
+def cut_box(box: Box, rng: np.random.RandomState) -> Box:
+    """``box`` with one face (two with chance 1/2, on different axes) moved inwards by a share of the box's side
+    drawn from CUT_SHARE: the crop a localizer gives when it misses part of the kidney or tumour, which then
+    runs into the crop's face. The crop is resampled to the network's input as every box is, so the part
+    still in it is seen somewhat larger, as at inference."""
+    axes = rng.permutation(3)[: 1 + int(rng.random_sample() < 0.5)]
+    sides, shares = rng.randint(0, 2, size=2), rng.uniform(*CUT_SHARE, size=2)
+    lo, hi = list(box.lo), list(box.hi)
+    for axis, side, share in zip(axes, sides[: len(axes)], shares[: len(axes)], strict=True):
+        step = max(1, int(round(share * box.size_vox[axis])))
+        if side == 0:
+            lo[axis] += step
+        else:
+            hi[axis] -= step
+    return Box(tuple(lo), tuple(hi))
 
 
 def make_intensity(stage: StageConfig) -> Compose | None:

@@ -11,6 +11,7 @@ from kidneyseg.errors import InvalidInputError
 from kidneyseg.stage_input import IDENTITY, stage_image, stage_labels
 from kidneyseg.training.augment import (
     augment_intensity,
+    cut_box,
     draw_warp,
     homogenise_kidney,
     insert_tumour,
@@ -25,7 +26,8 @@ def load_sample(sample: Sample, stage: StageConfig, rng: np.random.RandomState |
     """(image (1, *input_size) float32, label (1, *input_size) int64) for one cached sample.
 
     With ``rng`` (training) the draw's warp (flips, axial rotation and, for stage 2, a shift of up to
-    ``translate_vox``) comes from it, then, with chance ``phase_prob``, the kidney's nephrographic look (its
+    ``translate_vox``) comes from it, for the segmenter with chance ``cut_box_prob`` a box cut short
+    (``cut_box``), then, with chance ``phase_prob``, the kidney's nephrographic look (its
     sinus filled too with chance ``phase_sinus_prob``), with
     chance ``tumor_look_prob`` another tumour look, for the segmenter with chance ``synthetic_tumor_prob`` a
     synthetic tumour, and ``intensity``
@@ -36,8 +38,12 @@ def load_sample(sample: Sample, stage: StageConfig, rng: np.random.RandomState |
     try:
         image_source, label_source = sample.image_source, sample.label_source
         warp = IDENTITY if rng is None else draw_warp(stage, rng)
-        image = stage_image(image_source, sample.box, stage.input_size, sample.spacing_mm, warp)
-        label = stage_labels(label_source, sample.box, stage.input_size, sample.spacing_mm, warp)
+        box = sample.box
+        cut = rng is not None and stage.stage == "segmenter" and stage.cut_box_prob
+        if cut and rng.random_sample() < stage.cut_box_prob:
+            box = cut_box(box, rng)
+        image = stage_image(image_source, box, stage.input_size, sample.spacing_mm, warp)
+        label = stage_labels(label_source, box, stage.input_size, sample.spacing_mm, warp)
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"cached sample of case {sample.case_id} is unreadable ({exc})", sample.image) from exc
     if rng is not None and stage.phase_prob and rng.random_sample() < stage.phase_prob:
