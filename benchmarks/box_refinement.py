@@ -1,0 +1,80 @@
+"""Box refinement (``pipeline.refine_boxes``) measured on the whole pipeline, with and without it.
+
+    .venv/bin/python benchmarks/box_refinement.py LOCALIZER_RUN SEGMENTER_RUN [--rounds 2] [--out JSON]
+
+LOCALIZER_RUN and SEGMENTER_RUN are run folders of benchmarks/recipe.py (``--stage localizer`` and a stage-2
+row; a whole model directory serves as either): the localizer of one and the segmenter of the other make one
+model, with the localizer run's pipeline settings and no test-time flips. For each renderer's 30 validation
+cases (WORK/validation and WORK/independent of benchmarks/accuracy.py) it predicts every case through
+``segment`` without refinement and with ``--rounds`` rounds, and prints the mean kidney+tumour and tumour
+Dice and the localization recall of each, then the cases where the two differ by more than 0.01.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from accuracy import box_recall
+from recipe import RENDERERS
+
+from kidneyseg import io
+from kidneyseg.config import pipeline_from_dict
+from kidneyseg.evaluation import case_scores
+from kidneyseg.inference import TwoStageModel, segment
+from kidneyseg.weights import load_model
+
+HERE = Path(__file__).resolve().parent
+
+
+def combined(localizer_run: Path, segmenter_run: Path, rounds: int) -> TwoStageModel:
+    pipeline = pipeline_from_dict(json.loads((localizer_run / "pipeline.json").read_text()))
+    loc_net, loc_stage, _ = load_model(localizer_run / "localizer" / "best.safetensors")
+    seg_net, seg_stage, _ = load_model(segmenter_run / "segmenter" / "best.safetensors")
+    pipeline = replace(pipeline, tta_flips=False, refine_boxes=rounds)
+    return TwoStageModel(loc_net, loc_stage, seg_net, seg_stage, pipeline)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("localizer_run", type=Path)
+    parser.add_argument("segmenter_run", type=Path)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=HERE / ".work" / "accuracy")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--out", type=Path, help="write the per-case scores here (JSON)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = {f"refine_boxes={n}": combined(args.localizer_run, args.segmenter_run, n) for n in (0, args.rounds)}
+    results = {}
+    for folder, renderer in RENDERERS.items():
+        scores = {name: {} for name in models}
+        for case in io.layout.kits_cases(args.work / folder):
+            image, truth = io.load_case(case)
+            for name, model in models.items():
+                result = segment(image, model)
+                scores[name][case.case_id] = {**case_scores(result.labels, truth.array),
+                                              "recall": box_recall(truth.array > 0, result.boxes)}
+        results[folder] = scores
+        print(f"{renderer}:")
+        for name, per_case in scores.items():
+            means = [np.mean([s[key] for s in per_case.values()]) for key in ("kidney_tumor", "tumor", "recall")]
+            print(f"  {name}: kidney+tumour {means[0]:.3f}, tumour {means[1]:.3f}, recall {means[2]:.3f}")
+        plain, refined = scores.values()
+        for case_id in plain:
+            a, b = plain[case_id], refined[case_id]
+            if abs(a["kidney_tumor"] - b["kidney_tumor"]) > 0.01:
+                print(f"  {case_id}: {a['kidney_tumor']:.3f} -> {b['kidney_tumor']:.3f} "
+                      f"(recall {a['recall']:.3f} -> {b['recall']:.3f})")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
