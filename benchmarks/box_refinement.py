@@ -31,12 +31,11 @@ from kidneyseg.weights import load_model
 HERE = Path(__file__).resolve().parent
 
 
-def combined(localizer_run: Path, segmenter_run: Path, rounds: int) -> TwoStageModel:
+def combined(localizer_run: Path, segmenter_run: Path) -> TwoStageModel:
     pipeline = pipeline_from_dict(json.loads((localizer_run / "pipeline.json").read_text()))
     loc_net, loc_stage, _ = load_model(localizer_run / "localizer" / "best.safetensors")
     seg_net, seg_stage, _ = load_model(segmenter_run / "segmenter" / "best.safetensors")
-    pipeline = replace(pipeline, tta_flips=False, refine_boxes=rounds)
-    return TwoStageModel(loc_net, loc_stage, seg_net, seg_stage, pipeline)
+    return TwoStageModel(loc_net, loc_stage, seg_net, seg_stage, replace(pipeline, tta_flips=False))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = {f"refine_boxes={n}": combined(args.localizer_run, args.segmenter_run, n) for n in (0, args.rounds)}
+    model = combined(args.localizer_run, args.segmenter_run)  # both networks loaded once, shared by the two
+    models = {f"refine_boxes={n}": replace(model, pipeline=replace(model.pipeline, refine_boxes=n))
+              for n in (0, args.rounds)}
     results = {}
     for folder, renderer in RENDERERS.items():
         scores = {name: {} for name in models}

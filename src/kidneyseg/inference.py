@@ -192,9 +192,10 @@ def segment(ct: str | Path | io.Volume | np.ndarray, model: TwoStageModel | str 
         zoomed = stage_image(source, whole, model.localizer_config.input_size)
         boxes = localize(zoomed, volume.array.shape, volume.spacing_mm, model, timings)
     labels = volume.zeros(np.uint8)
-    for i, box in enumerate(boxes):
-        boxes[i], patch = segment_box(source, box, volume.spacing_mm, model, timings)
-        paste_max(labels, patch, boxes[i])
+    segmented = [segment_box(source, box, volume.spacing_mm, model, timings) for box in boxes]
+    boxes = [box for box, _ in segmented]  # a new list: the caller's boxes= stay as they were
+    for box, patch in segmented:
+        paste_max(labels, patch, box)
     if not boxes:
         warnings.warn(f"{volume.name}: no kidney found; the output is all background", stacklevel=2)
     else:  # cleaned where the boxes put labels (the same result as over the whole volume, which is 0 elsewhere)
