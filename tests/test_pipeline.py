@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from kidneyseg import io
 from kidneyseg.config import preset
+from kidneyseg.errors import InvalidInputError
 from kidneyseg.inference import TwoStageModel, load_model_dir, segment
 from kidneyseg.postprocess import kidney_boxes
 from kidneyseg.training.fit import fit
@@ -73,8 +74,9 @@ def test_array_api_matches_file_api(phantom_dir, trained_model):
     image = nib.load(path)
     by_path = segment(path, trained_model)
     by_array = segment(np.asanyarray(image.dataobj), trained_model, affine=image.affine)
-    # the file's int16 HU are kept as int16 (io.load_ct's keep_integers), the array comes as float32:
-    # the same labels either way
+    # the file's int16 HU are kept as int16 (io.load_ct's keep_integers) and read in the background (its
+    # planes used as they arrive), the array comes as float32: the same labels either way
+    assert by_path.volume._arrival is not None
     assert image.get_data_dtype() == np.int16 and by_path.volume.array.dtype == np.int16
     assert by_array.volume.array.dtype == np.float32
     assert np.array_equal(by_path.labels, by_array.labels)
@@ -144,6 +146,22 @@ def test_no_kidney_gives_valid_empty_output_and_a_warning(trained_model, tmp_pat
     assert any("no kidney found" in str(w.message) for w in caught)
     written = nib.load(result.save(tmp_path / "out.nii.gz"))
     assert written.shape == air.shape and not np.asanyarray(written.dataobj).any()
+
+
+def test_a_ct_cut_short_is_refused_by_name_while_its_planes_are_being_used(tmp_path, monkeypatch):
+    """The localizer's input and the statistics read a background-read CT plane by plane; a file whose data
+    stops half way raises the reader's error naming it, from segment, and no output is made."""
+    import gzip
+
+    monkeypatch.setattr(io.nifti, "GZ_CHUNK_VOXELS", 4096)
+    ct = np.random.default_rng(0).integers(-1000, 1000, (40, 40, 30)).astype(np.int16)
+    whole = io.save_nifti(ct, np.diag([2.0, 2.0, 3.0, 1.0]), tmp_path / "ct.nii").read_bytes()
+    short = tmp_path / "short.nii.gz"
+    short.write_bytes(gzip.compress(whole[: len(whole) // 2]))
+    with pytest.raises(InvalidInputError, match="truncated") as info:
+        segment(short, _ramp_model())
+    assert str(short) in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii", "short.nii.gz"]
 
 
 class _RampTumour(torch.nn.Module):

@@ -169,8 +169,9 @@ def _write_case(path: Path, targets: dict[str, Path], report_path: Path, model, 
 
 
 def read_ct(path: Path, allow_4d: bool = False, series: str | None = None):
-    """A case's CT as ``predict`` reads it: HU stored as int16 kept so (``io.load_ct``'s keep_integers)."""
-    return io.load_ct(path, allow_4d=allow_4d, series=series, keep_integers=True)
+    """A case's CT as ``predict`` reads it: HU stored as int16 kept so, a .nii.gz decompressed in the
+    background while prediction reads its first planes (``io.load_ct``'s keep_integers and background)."""
+    return io.load_ct(path, allow_4d=allow_4d, series=series, keep_integers=True, background=True)
 
 
 def write_outputs(result, model, path: Path, targets: dict[str, Path], report_path: Path,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -181,16 +182,9 @@ def segment(ct: str | Path | io.Volume | np.ndarray, model: TwoStageModel | str 
     volume = _as_volume(ct, affine)
     cfg, timings = model.pipeline, {"network": 0.0}
     start = time.perf_counter()
-    # Both stages' inputs come from kidneyseg.stage_input, as in training: the localizer's zoom and each
-    # crop from the voxels next to their sample points only (no float32 copy of the whole CT), normalised
-    # with the whole CT's statistics (the same values, elementwise); outside the CT its lowest value,
-    # normalised alike.
-    source = Source(volume.array, pad=float(volume.array.min()),
-                    window=(cfg.hu_min, cfg.hu_max, *clipped_stats(volume.array, cfg.hu_min, cfg.hu_max)))
+    source, zoomed = _inputs(volume, cfg, model.localizer_config.input_size if boxes is None else None)
     if boxes is None:
-        whole = Box((0, 0, 0), volume.array.shape)
-        zoomed = stage_image(source, whole, model.localizer_config.input_size)
-        boxes = localize(zoomed, volume.array.shape, volume.spacing_mm, model, timings)
+        boxes = localize(zoomed, volume.shape, volume.spacing_mm, model, timings)
     labels = volume.zeros(np.uint8)
     segmented = [segment_box(source, box, volume.spacing_mm, model, timings) for box in boxes]
     boxes = [box for box, _ in segmented]  # a new list: the caller's boxes= stay as they were
@@ -204,6 +198,37 @@ def segment(ct: str | Path | io.Volume | np.ndarray, model: TwoStageModel | str 
         labels[where] = clean_labels(labels[where], cfg.min_region_fraction)
     timings["total"] = time.perf_counter() - start
     return Segmentation(labels, volume, boxes, timings)
+
+
+def _inputs(volume: io.Volume, cfg: PipelineConfig,
+            zoom: tuple[int, int, int] | None) -> tuple[Source, torch.Tensor | None]:
+    """The CT as stage 2 reads it (normalised with the whole CT's clipped statistics; outside the CT its
+    lowest value, normalised alike) and, for a ``zoom`` size, the localizer's input.
+
+    Both stages' inputs come from kidneyseg.stage_input, as in training: the localizer's zoom and each crop
+    from the voxels next to their sample points only (no float32 copy of the whole CT), normalised with the
+    whole CT's statistics (the same values, elementwise). A CT still arriving (``io.load_ct(...,
+    background=True)``, as ``predict`` reads) is read as it comes: the statistics in a second thread, the
+    zoom's voxels here, each plane once it is in, while the reading thread decompresses the next planes;
+    the zoom's voxels are normalised once the statistics are complete. The values are the same as from a
+    complete CT."""
+    data, ready = volume.arriving()
+    with ThreadPoolExecutor(1, thread_name_prefix="statistics") as pool:
+        try:
+            stats = pool.submit(clipped_stats, data, cfg.hu_min, cfg.hu_max, ready)
+            zoomed = None
+            if zoom is not None:
+                # The whole CT's box: every sample point lies inside the CT (stage_input clamps them to its
+                # voxel centres), so ``pad`` is never read here; the true one needs every voxel.
+                early = Source(data, pad=0.0, window=lambda: (cfg.hu_min, cfg.hu_max, *stats.result()),
+                               ready=ready)
+                zoomed = stage_image(early, Box((0, 0, 0), volume.shape), zoom)
+            window = (cfg.hu_min, cfg.hu_max, *stats.result())
+            array = volume.array  # every voxel in and checked
+        except BaseException:
+            volume.close()  # a CT still arriving stops being read (and the statistics with it)
+            raise
+    return Source(array, pad=float(array.min()), window=window), zoomed
 
 
 def localize(zoomed: torch.Tensor, shape: tuple[int, int, int], spacing_mm: tuple[float, float, float],
@@ -305,4 +330,5 @@ def _as_volume(ct, affine: np.ndarray | None) -> io.Volume:
         if affine is None:
             raise ValueError("an array input needs its 4x4 affine")
         return io.ct_from_array(ct, affine)
-    return io.load_ct(ct, keep_integers=True)  # HU stored as int16 stay int16: see load_ct
+    # HU stored as int16 stay int16, read in the background: see load_ct
+    return io.load_ct(ct, keep_integers=True, background=True)

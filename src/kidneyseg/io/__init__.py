@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from kidneyseg.errors import InvalidInputError
-from kidneyseg.io import layout
+from kidneyseg.io import arrival, layout
 from kidneyseg.io.atomic import atomic_write, atomic_write_text, check_output_dir
 from kidneyseg.io.dicom import read_dicom_series
-from kidneyseg.io.nifti import is_nifti_path, read_nifti, save_nifti
+from kidneyseg.io.nifti import is_nifti_path, read_nifti, read_nifti_later, save_nifti
 from kidneyseg.io.validate import (
     check_affine,
     check_finite,
@@ -35,13 +35,27 @@ __all__ = [
 
 
 def load_ct(path: str | Path, *, allow_4d: bool = False, check_hu: bool = True, series: str | None = None,
-            keep_integers: bool = False) -> Volume:
+            keep_integers: bool = False, background: bool = False) -> Volume:
     """Read a CT (NIfTI file or DICOM series folder) as a float32 Volume in HU, (X, Y, Z) RAS+.
     ``series`` chooses a series by its UID in a folder that holds several. ``keep_integers``: HU stored
     as integers of 16 bits or fewer (no scaling needed) stay in their own type, which float32 holds
     exactly; prediction reads CTs so (half the memory, no conversion), code that writes into the array
-    needs float32."""
+    needs float32. ``background``: a .nii.gz CT of integers stored plane by plane (most CTs) is
+    decompressed by a background thread after its header is checked; the Volume comes back at once and
+    its ``array`` waits for the voxels and the HU check (see ``Volume.arriving``). Other inputs are read
+    as without it."""
     path = Path(path)
+    if background and not allow_4d and not path.is_dir() and is_nifti_path(path):
+        later = read_nifti_later(path, keep_integers=keep_integers)
+        if later is not None:
+            data, affine, header, fill = later
+
+            def make(axis: int, flipped: bool) -> arrival.Arrival:
+                checks = (lambda: check_hu_range(data, path)) if check_hu else (lambda: None)
+                return arrival.start(lambda progress: fill(progress.advance),
+                                     arrival.Arrival(path, data.shape, axis, flipped, checks))
+
+            return canonical_volume(data, affine, header, path, make)
     if path.is_dir():
         data, affine = read_dicom_series(path, series)
         check_affine(affine, path)
