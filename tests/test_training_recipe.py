@@ -372,16 +372,16 @@ def test_poly_schedule_and_sgd_in_a_run_and_resume_repeats_it(phantom_dir, tmp_p
     fit(phantom_dir, tmp_path / "whole", micro_stage("localizer", *extra), pipeline, progress=False)
     rows = list(csv.DictReader((tmp_path / "whole" / "localizer" / "log.csv").open()))
     assert [float(r["lr"]) for r in rows] == pytest.approx([0.01 * (1 - s / 12) ** 0.9 for s in (3, 7, 11)])
-    save_epoch = fit_module._save_epoch
+    save_epoch = fit_module.save_epoch
 
     def save_then_stop(*args, **kwargs):
         save_epoch(*args, **kwargs)
         raise KeyboardInterrupt  # a kill right after the first epoch was saved
 
-    monkeypatch.setattr(fit_module, "_save_epoch", save_then_stop)
+    monkeypatch.setattr(fit_module, "save_epoch", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         fit(phantom_dir, tmp_path / "parts", micro_stage("localizer", *extra), pipeline, progress=False)
-    monkeypatch.setattr(fit_module, "_save_epoch", save_epoch)
+    monkeypatch.setattr(fit_module, "save_epoch", save_epoch)
     fit(phantom_dir, tmp_path / "parts", micro_stage("localizer", *extra), pipeline, resume=True, progress=False)
     whole = load_model(tmp_path / "whole" / "localizer" / "last.safetensors")[0].state_dict()
     parts = load_model(tmp_path / "parts" / "localizer" / "last.safetensors")[0].state_dict()

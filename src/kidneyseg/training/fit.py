@@ -1,22 +1,16 @@
 """The training loop for one stage, top to bottom. Device, seed and precision are passed in.
 
-Run folder ``MODEL_DIR/<stage>/``: ``config.json`` (exact settings), ``best.safetensors`` and
-``last.safetensors`` (weights + settings), ``last_state.pt`` (everything ``--resume`` needs),
-``log.csv`` (one row per epoch) and ``curves.png``. Beside the stages: ``MODEL_DIR/pipeline.json``
-(inference settings) and ``MODEL_DIR/data_profile.json`` (the training data's spacing and HU ranges,
-kidneyseg/profile.py).
+It writes the run folder ``MODEL_DIR/<stage>/`` (kidneyseg.training.run_folder) and, beside the stages,
+``MODEL_DIR/data_profile.json`` (the training data's spacing and HU ranges, kidneyseg/profile.py).
 """
 
 from __future__ import annotations
 
-import csv
-import io as _io
-import json
 import math
 import os
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +21,6 @@ from kidneyseg import io
 from kidneyseg.config import (
     PipelineConfig,
     StageConfig,
-    differences,
-    stage_from_dict,
-    to_dict,
-    to_json,
 )
 from kidneyseg.errors import InvalidInputError, ResourceError, TrainingDivergedError, UsageError
 from kidneyseg.evaluation import dice_from_counts
@@ -40,10 +30,11 @@ from kidneyseg.profile import write_profile
 from kidneyseg.report import save_training_curves
 from kidneyseg.training import distributed
 from kidneyseg.training.cache import Sample, build_cache
-from kidneyseg.training.checkpoint import load_state, save_state
+from kidneyseg.training.checkpoint import load_state
 from kidneyseg.training.data import Draws, keep_items, load_sample
 from kidneyseg.training.losses import make_loss
-from kidneyseg.weights import autocast, build_model, run_pipeline, save_weights
+from kidneyseg.training.run_folder import prepare_run_dir, rng_state, save_epoch, set_rng
+from kidneyseg.weights import autocast, build_model
 
 CURVES_EVERY = 10  # epochs between redraws of curves.png (log.csv is written every epoch)
 
@@ -74,7 +65,7 @@ def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineC
     cases = io.layout.kits_cases(data_dir)
     if ranks.main:  # the run folder and the cache first, then the other ranks read them
         run_dir = io.check_output_dir(run_dir)
-        _prepare_run_dir(run_dir, stage, pipeline, resume, overwrite)
+        prepare_run_dir(run_dir, stage, pipeline, resume, overwrite)
         build_cache(cases, Path(model_dir) / "cache" / stage.stage, stage, pipeline, progress, workers)
         write_profile(model_dir, cases)  # what inputs to expect, for the report's input_unlike_training flag
     distributed.barrier(ranks)
@@ -92,7 +83,7 @@ def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineC
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        _set_rng(state, ranks.rank)
+        set_rng(state, ranks.rank)
         epoch, best, minutes, log = state["epoch"], state["best_val_dice"], state["minutes"], state["log"]
     model = _parallel(net, ranks, device, compile)
     if torch.device(device).type == "cuda":
@@ -128,9 +119,9 @@ def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineC
                     "data_wait_s": waited / max(drawn, 1)})
         improved = bool(scores) and scores["val_dice"] > best
         best = max(best, scores.get("val_dice", -math.inf))
-        rng = distributed.gather_objects(_rng_state(), ranks)
+        rng = distributed.gather_objects(rng_state(), ranks)
         if ranks.main:
-            _save_epoch(run_dir, net, optimizer, scaler, stage, epoch, best, minutes, log, improved, rng)
+            save_epoch(run_dir, net, optimizer, scaler, stage, epoch, best, minutes, log, improved, rng)
             if epoch % CURVES_EVERY == 0:
                 save_training_curves(log, run_dir / "curves.png", title=f"{stage.stage} training")
         bar.update(1)
@@ -164,21 +155,6 @@ def _parallel(net: torch.nn.Module, ranks: distributed.Ranks, device: str, compi
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
     return torch.compile(model) if compile else model
-
-
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def _set_rng(state: dict, rank: int) -> None:
-    """Each rank's random state where the run stopped (older states hold rank 0's as ``torch_rng``)."""
-    ranks = state.get("rng_ranks") or [{"torch": state["torch_rng"], "cuda": state.get("cuda_rng")}]
-    if rank >= len(ranks):
-        raise UsageError(f"--resume with more processes than the run was trained with ({len(ranks)})")
-    torch.set_rng_state(ranks[rank]["torch"])
-    if ranks[rank].get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ranks[rank]["cuda"])
 
 
 def default_workers(device: str) -> int:
@@ -379,65 +355,3 @@ def validate(model, val: list[Sample], stage: StageConfig, device: str,
     scores = {key: total / cases for key, total in zip(regions, sums, strict=True)}
     scores["val_dice"] = float(np.mean(list(scores.values())))
     return scores
-
-
-def _prepare_run_dir(run_dir: Path, stage: StageConfig, pipeline: PipelineConfig, resume: bool,
-                     overwrite: bool) -> None:
-    _check_other_stage(run_dir, stage, pipeline)
-    config_path = run_dir / "config.json"
-    if config_path.exists() and resume:
-        previous = stage_from_dict(json.loads(config_path.read_text())["stage"])
-        budget = {"epochs": stage.epochs, "max_minutes": stage.max_minutes}
-        if replace(previous, **budget) != stage:
-            raise UsageError("--resume with settings that differ from the run's config.json (only --epochs and "
-                             "--minutes may change); resume with the same preset and overrides", config_path)
-    elif (run_dir / "last_state.pt").exists() and not overwrite:
-        raise UsageError("a training run already exists here; pass --resume to continue it or --overwrite "
-                         "to start again", run_dir)
-    elif overwrite:
-        for name in ("last_state.pt", "best.safetensors", "last.safetensors", "log.csv", "curves.png"):
-            (run_dir / name).unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.glob(".*.tmp*"):  # left by a run killed while writing; the real files are intact
-        stale.unlink()
-    text = json.dumps({"stage": to_dict(stage), "pipeline": to_dict(pipeline)}, indent=2, sort_keys=True)
-    io.atomic_write_text(config_path, text)
-    io.atomic_write_text(run_dir.parent / "pipeline.json", to_json(pipeline))
-
-
-def _check_other_stage(run_dir: Path, stage: StageConfig, pipeline: PipelineConfig) -> None:
-    """Both stages of a model directory share one pipeline (HU window, box rules, inference options):
-    refuse, before anything is written, a run whose settings differ from the other stage's."""
-    other = "segmenter" if stage.stage == "localizer" else "localizer"
-    theirs = run_pipeline(run_dir.parent / other)
-    changed = differences(theirs, pipeline) if theirs is not None else []
-    if changed:
-        raise UsageError(f"the {other} in this model directory was trained with other pipeline settings "
-                         f"({'; '.join(changed)}; the {other}'s first); train both stages with the same preset "
-                         "and pipeline.* overrides, or train into another model directory", run_dir.parent / other)
-
-
-def _save_epoch(run_dir, model, optimizer, scaler, stage, epoch, best, minutes, log, improved, rng) -> None:
-    """Weights (best when ``improved``, last) and the resume state; ``rng``: every rank's random state."""
-    meta = {"epoch": epoch, "val_dice": log[-1].get("val_dice")}
-    if improved:
-        save_weights(run_dir / "best.safetensors", model, stage, **meta)
-    save_weights(run_dir / "last.safetensors", model, stage, **meta)
-    save_state(run_dir / "last_state.pt", {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng_ranks": rng, "epoch": epoch, "best_val_dice": best, "minutes": minutes,
-        "log": log, "config": to_json(stage),
-    })
-    io.atomic_write_text(run_dir / "log.csv", _csv(log))
-
-
-def _csv(rows: list[dict]) -> str:
-    """Every column any row has, in order of first appearance; a row without one (a run resumed
-    from a version that logged less) leaves that cell empty."""
-    buffer = _io.StringIO()
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
