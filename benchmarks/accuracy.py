@@ -1,13 +1,15 @@
 """Accuracy benchmark on CTs rendered around the real KiTS19 label maps.
 
-    .venv/bin/python benchmarks/accuracy.py [--minutes 60] [--preset small] [--work DIR] [--set KEY=VALUE ...]
-                                            [--main-only]
+    .venv/bin/python benchmarks/accuracy.py [--minutes 60 | --steps L S] [--preset small] [--work DIR]
+                                            [--set KEY=VALUE ...] [--main-only]
 
 1. Renders a CT around each of the 180 label maps in ../shared/data/kits19-labels (fixed seed,
    cached in WORK/rendered), using the fixed 150/30 split in benchmarks/kits19_split.json.
 2. Trains both stages on the 150 training cases with a CPU preset under a total training budget,
    split between the stages as the preset splits its own minutes (small: a sixth for the
-   localizer); the model stays in WORK/model-TAG.
+   localizer); the model stays in WORK/model-TAG. With ``--steps L S`` each stage trains for a fixed
+   number of steps instead (whole epochs, no time limit): the same budget on a slower or busier
+   machine, so that two recipes compare at equal steps.
 3. Predicts the 30 validation cases at full resolution through the real ``segment`` path and
    scores them: kidney+tumour, tumour and kidney Dice (mean and per case), localization recall
    (share of true kidney+tumour voxels inside the predicted boxes), stage-2 Dice with
@@ -64,6 +66,10 @@ def main() -> int:
     parser.add_argument("--labels", type=Path, default=LABELS)
     parser.add_argument("--work", type=Path, default=HERE / ".work" / "accuracy")
     parser.add_argument("--minutes", type=float, default=60.0, help="total training budget (both stages)")
+    parser.add_argument("--steps", type=int, nargs=2, metavar=("LOCALIZER", "SEGMENTER"),
+                        help="train each stage for this many steps (whole epochs of the preset's draws, rounded "
+                        "up) instead of --minutes: a budget that a slower or busier machine does not shrink, for "
+                        "comparing recipes across runs (the standing small row made 2996 and 4962)")
     parser.add_argument("--preset", default="small")
     parser.add_argument("--seed", type=int, default=0, help="rendering seed")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -106,7 +112,8 @@ def main() -> int:
         independent_dir = render_independent(args.labels, args.work, split["validation"], args.jobs)
         evaluations[f"independent renderer, {best}"] = evaluate(independent_dir, model_dir, {best: ablations[best]},
                                                                 oracle=None if args.main_only else best)[best]
-    results = {"preset": args.preset, "overrides": args.overrides, "minutes": args.minutes, "device": args.device,
+    results = {"preset": args.preset, "overrides": args.overrides,
+               "minutes": None if args.steps else args.minutes, "step_budget": args.steps, "device": args.device,
                "train_seconds": timings, "steps": steps_done(model_dir), "evaluations": evaluations,
                "real_ct": None if args.main_only else real_ct(model_dir, ablations[best])}
     results["learning_curve"] = learning_curve(model_dir, args.work / f"learning-curve-{args.tag}.png")
@@ -183,10 +190,14 @@ def train(train_dir: Path, model_dir: Path, args) -> dict[str, float]:
     # The budget is split as the preset splits its own minutes (small: a sixth for the localizer).
     minutes = {name: chosen.stage(name).max_minutes for name in ("localizer", "segmenter")}
     total = sum(minutes.values())
-    for name in ("localizer", "segmenter"):
+    for k, name in enumerate(("localizer", "segmenter")):
         share = minutes[name] / total if total else 0.5
-        stage, pipeline = override_preset(chosen, name, [f"max_minutes={args.minutes * share}", "epochs=100000",
-                                                         *args.overrides])
+        budget = [f"max_minutes={args.minutes * share}", "epochs=100000"]
+        if args.steps:
+            stage, _ = override_preset(chosen, name, args.overrides)
+            draws = stage.samples_per_epoch or len(io.layout.kits_cases(train_dir))
+            budget = ["max_minutes=0", f"epochs={-(-args.steps[k] * stage.batch_size // draws)}"]
+        stage, pipeline = override_preset(chosen, name, [*budget, *args.overrides])
         start = time.perf_counter()
         fit(train_dir, model_dir, stage, pipeline, overwrite=True, device=args.device)
         timings[name] = time.perf_counter() - start
@@ -299,7 +310,9 @@ def markdown(results: dict) -> str:
     steps = results.get("steps", {})
     budget = ", ".join(f"{k} {v / 60:.1f} min" + (f" ({steps[k]:,} steps)" if k in steps else "")
                        for k, v in results["train_seconds"].items())
-    text = (f"preset {results['preset']}, overrides {results['overrides'] or 'none'}, "
+    fixed = f", a budget of {results['step_budget'][0]:,} / {results['step_budget'][1]:,} steps" \
+        if results.get("step_budget") else ""
+    text = (f"preset {results['preset']}, overrides {results['overrides'] or 'none'}{fixed}, "
             f"training with its cache {budget or 'reused'} on {results.get('device', 'cpu')}"
             "\n\n" + "\n".join(lines) + "\n")
     if results.get("real_ct"):
