@@ -218,7 +218,7 @@ def _gather_separable(array: np.ndarray, idx: list[np.ndarray], pad: float,
             ready(0, 0, array.shape[0])
         values = block
     else:
-        outer, *inner = sorted(range(3), key=lambda axis: -block.strides[axis])
+        outer, *inner = sorted(range(3), key=lambda axis: -abs(block.strides[axis]))  # a reversed axis: negative
         values = np.empty([c.size for c in clipped], block.dtype)
         for first in range(0, values.shape[outer], GATHER_PLANES):
             chosen = [slice(None)] * 3
