@@ -15,8 +15,6 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 
 class ReadStopped(Exception):
     """Raised in the reading thread when ``close`` asked it to stop."""
@@ -62,9 +60,12 @@ class Arrival:
     def wait(self, axis: int, lo: int, hi: int) -> None:
         """Block until canonical planes [lo, hi) along canonical ``axis`` are in (every plane for another
         axis than the one the file's planes run along); re-raise the reading thread's error."""
-        needed = hi if axis == self.axis and not self.flipped else self._planes
-        if axis == self.axis and self.flipped:
+        if axis != self.axis:
+            needed = self._planes
+        elif self.flipped:  # canonical plane k is file plane planes - 1 - k
             needed = self._planes - lo
+        else:
+            needed = hi
         with self._cond:
             while self._done < needed and not self._ended:
                 self._cond.wait()
@@ -113,8 +114,3 @@ def start(target: Callable[[Arrival], None], arrival: Arrival) -> Arrival:
 
     threading.Thread(target=run, name=f"read {arrival.path.name}", daemon=True).start()
     return arrival
-
-
-def whole(array: np.ndarray) -> tuple[int, int, int]:
-    """Arguments of ``wait`` that cover every plane of a canonical ``array``."""
-    return 0, 0, int(array.shape[0])

@@ -82,11 +82,9 @@ def read_nifti_later(path: Path, *, keep_integers: bool = False):
         return None
     image, affine = _open(path, allow_4d=False)
     proxy = image.dataobj
-    if type(proxy) is not nib.arrayproxy.ArrayProxy or len(proxy.shape) != 3 or proxy.order != "F":
-        return None
     stored = np.dtype(proxy.dtype)
     keep = keep_integers and _exact_integers(proxy)
-    if stored.kind not in "iu" or (keep and not stored.isnative) or not _finite_by_type(proxy):
+    if not _integer_planes(proxy) or (keep and not stored.isnative) or not _finite_by_type(proxy):
         return None
     out = np.empty(proxy.shape, stored.newbyteorder("=") if keep else np.float32, order="F")
 
@@ -140,12 +138,19 @@ def _read_data(image: nib.Nifti1Image, path: Path, first: tuple, float32: bool, 
     proxy = image.dataobj
     if path.name.lower().endswith(".gz") and type(proxy) is nib.arrayproxy.ArrayProxy:
         with _gzip.open(path, "rb") as stream:
-            if (float32 or keep) and len(proxy.shape) == 3 and proxy.dtype.kind in "iu" and proxy.order == "F":
+            if (float32 or keep) and _integer_planes(proxy):
                 return _voxels(stream, proxy, np.dtype(proxy.dtype).newbyteorder("=") if keep else np.float32)
             spec = (proxy.shape, proxy.dtype, proxy.offset, proxy.slope, proxy.inter)
             proxy = nib.arrayproxy.ArrayProxy(stream, spec, mmap=False, order=proxy.order)
             return np.asanyarray(proxy[first] if len(proxy.shape) > 3 else proxy)
     return np.asanyarray(proxy[first] if len(proxy.shape) > 3 else proxy)
+
+
+def _integer_planes(proxy) -> bool:
+    """True for a plain array proxy of a 3D integer image stored plane by plane (Fortran order): what
+    ``_voxels`` decompresses chunk by chunk."""
+    return (type(proxy) is nib.arrayproxy.ArrayProxy and len(proxy.shape) == 3 and proxy.dtype.kind in "iu"
+            and proxy.order == "F")
 
 
 def _exact_integers(proxy) -> bool:

@@ -18,10 +18,7 @@ import torch
 from tqdm import tqdm
 
 from kidneyseg import io
-from kidneyseg.config import (
-    PipelineConfig,
-    StageConfig,
-)
+from kidneyseg.config import PipelineConfig, StageConfig
 from kidneyseg.errors import InvalidInputError, ResourceError, TrainingDivergedError, UsageError
 from kidneyseg.evaluation import dice_from_counts
 from kidneyseg.model import place
