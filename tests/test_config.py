@@ -51,6 +51,13 @@ def test_cut_box_chance_outside_zero_to_one_is_a_usage_error(bad):
         override(preset("tiny").segmenter, [bad])
 
 
+@pytest.mark.parametrize("bad", ["phase_offset=0.3,-0.1", "phase_offset=0.1", "phase_offset=0,0.1,0.2"])
+def test_phase_offset_must_be_a_range(bad):
+    with pytest.raises(UsageError, match="phase_offset"):
+        override(preset("tiny").segmenter, [bad])
+    assert override(preset("tiny").segmenter, ["phase_offset=-0.6,0.3"]).phase_offset == (-0.6, 0.3)
+
+
 def test_stage_prefixed_overrides_reach_that_stage_alone():
     assignments = ["lr=1e-3", "localizer.tumor_look_prob=0.3", "segmenter.phase_prob=0.6", "pipeline.hu_max=304"]
     localizer, pipeline = override_preset(preset("small"), "localizer", assignments)

@@ -115,6 +115,10 @@ def test_phase_augmentation_flattens_the_kidney_pattern_and_keeps_the_rest():
     assert torch.equal(out[untouched], image[untouched])  # sinus fat, tumour and background bitwise unchanged
     no_kidney = torch.where(label == 1, 0, label)
     assert torch.equal(homogenise_kidney(image, no_kidney, np.random.RandomState(3)), image)
+    # A lower offset range (StageConfig.phase_offset) draws a kidney dimmer than its slabs' mean.
+    dim = homogenise_kidney(image.clone(), label, np.random.RandomState(3), offset=(-0.7, -0.5))
+    assert abs(dim[inner].mean().item() - (1.0 + np.random.RandomState(3).uniform(-0.7, -0.5))) < 0.1
+    assert dim[inner].mean() < 0.55 and torch.equal(dim[untouched], image[untouched])
     # With the sinus filled: the sinus fat takes the parenchyma's level and noise, the rest as before.
     filled = homogenise_kidney(image.clone(), label, np.random.RandomState(3), sinus=True)
     assert image[sinus_core].mean() < -1.8

@@ -76,6 +76,10 @@ class StageConfig:
     # chance per sample of a nephrographic-phase look: the kidney's (label 1) corticomedullary pattern smoothed
     # away, its voxel noise kept (kidneyseg.training.augment.homogenise_kidney); 0: never (the paper)
     phase_prob: float = 0.0
+    # the nephrographic kidney's level against the mean of its corticomedullary voxels, drawn uniformly from this
+    # range (normalised units, about 100 HU each): (-0.1, 0.3) about as bright as that mean or like the cortex; a
+    # lower first value also draws kidneys dimmer than their tumours, as weaker or later enhancement shows them
+    phase_offset: tuple[float, float] = (-0.1, 0.3)
     # chance that a nephrographic look also fills the sinus fat and urine inside label 1 with the parenchyma's level
     # (a kidney label without a darker hilum); 0: the sinus stays as drawn
     phase_sinus_prob: float = 0.0
@@ -99,6 +103,7 @@ class StageConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_size", tuple(int(n) for n in self.input_size))
         object.__setattr__(self, "class_weights", tuple(float(w) for w in self.class_weights))
+        object.__setattr__(self, "phase_offset", tuple(float(v) for v in self.phase_offset))
         _check(self.stage in STAGES, f"stage must be one of {STAGES}")
         _check(len(self.input_size) == 3, "input_size has 3 values")
         divisor = 2 ** (self.network.levels - 1)
@@ -118,6 +123,8 @@ class StageConfig:
         _check(self.max_minutes >= 0 and 0 < self.val_fraction < 1, "max_minutes >= 0, 0 < val_fraction < 1")
         _check(0 <= self.flip_prob <= 1 and self.rotate_deg >= 0 and self.translate_vox >= 0
                and 0 <= self.scale_range < 1, "augmentation (0 <= scale_range < 1)")
+        _check(len(self.phase_offset) == 2 and self.phase_offset[0] <= self.phase_offset[1],
+               "phase_offset is two values, the first at most the second")
         _check(all(0 <= p <= 1 for p in (self.tumor_fraction, self.intensity_prob, self.texture_prob,
                                           self.phase_prob, self.phase_sinus_prob, self.tumor_look_prob,
                                           self.synthetic_tumor_prob, self.cut_box_prob)),

@@ -34,9 +34,6 @@ from kidneyseg.geometry import Box
 from kidneyseg.labels import KIDNEY, TUMOR
 from kidneyseg.stage_input import Warp
 
-# A nephrographic kidney's level against the mean of its corticomedullary voxels (normalised units, about
-# 100 HU each): about as bright as that mean or somewhat brighter, like the cortex.
-PHASE_OFFSET = (-0.1, 0.3)
 # Parenchyma threshold: with the HU window [-79, 304] and a cortex near 200 HU, about 20 HU, above urine
 # and sinus fat and below the medulla of the late-arterial phase (65-125 HU).
 PHASE_PARENCHYMA = 0.35
@@ -124,21 +121,22 @@ def augment_intensity(transform: Compose, image: torch.Tensor, rng: np.random.Ra
 
 
 def homogenise_kidney(image: torch.Tensor, label: torch.Tensor, rng: np.random.RandomState,
-                      sinus: bool = False) -> torch.Tensor:
+                      sinus: bool = False, offset: tuple[float, float] = (-0.1, 0.3)) -> torch.Tensor:
     """The kidney (label 1) as it looks in the nephrographic phase, when cortex and medulla enhance alike.
 
     The parenchyma (``_parenchyma``: not the sinus fat or urine that KiTS labels include) becomes its mean,
-    moved by an offset drawn from PHASE_OFFSET, plus fresh noise of the image's own level (``_noise_sd``);
-    blended by the kidney mask blurred over one voxel, so that the kidney's outline stays as soft as the
-    scan made it. With ``sinus`` every label-1 voxel does, the sinus fat and urine too: a kidney whose label
-    holds no darker hilum (label maps that leave the hilum out, or a scan that shows none), which would
+    moved by an offset drawn uniformly from ``offset`` (StageConfig.phase_offset), plus fresh noise of the
+    image's own level (``_noise_sd``); blended by the kidney mask blurred over one voxel, so that the
+    kidney's outline stays as soft as the scan made it. With ``sinus`` every label-1 voxel does, the sinus
+    fat and urine too: a kidney whose label holds no darker hilum (label maps that leave the hilum out, or
+    a scan that shows none), which would
     otherwise be told from a tumour by that alone. Tumour (label 2) and everything else are untouched.
     Without it, a renderer of the late-arterial phase (or KiTS19's late-arterial scans) teaches that a
     kidney without the pattern is tumour. The localizer's samples keep kidney and tumour apart until they
     are drawn, so that there too only the kidney is flattened.
     """
     kidney = (label[0] == KIDNEY).numpy()
-    offset = rng.uniform(*PHASE_OFFSET)
+    shift = rng.uniform(*offset)
     noise = rng.standard_normal(kidney.shape).astype(np.float32)
     if not kidney.any():
         return image
@@ -147,7 +145,7 @@ def homogenise_kidney(image: torch.Tensor, label: torch.Tensor, rng: np.random.R
     if not parenchyma.any():
         return image
     changed = kidney if sinus else parenchyma
-    target = float(x[parenchyma].mean()) + offset + _noise_sd(x, label, kidney) * noise[changed]
+    target = float(x[parenchyma].mean()) + shift + _noise_sd(x, label, kidney) * noise[changed]
     return _blend(x, kidney, changed, target)
 
 
