@@ -21,8 +21,9 @@ grid, argmax, written. In fp32; timed read -> write like kidneyseg.
 ``--flops``: the machine's matmul peak (4096² fp32 and bf16 products) and each network's counted
 operations per pass (torch's FlopCounterMode), hence the GFLOP/s the passes above achieved.
 
-The first line gives the peak RSS, measured in this process: for a memory figure run one precision
-without ``--peer`` (the peer's peak would count too).
+``segment`` keeps freed memory for reuse (kidneyseg.allocator); ``KIDNEYSEG_SYSTEM_MALLOC=1`` times
+glibc's own behaviour instead. The peak RSS is measured in this process: for a memory figure run one
+precision without ``--peer`` (the peer's peak would count too).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from kidneyseg import io
+from kidneyseg.allocator import keep_freed_memory
 from kidneyseg.config import preset, to_json
 from kidneyseg.geometry import resize_labels
 from kidneyseg.inference import TwoStageModel, segment, supported_precision
@@ -171,7 +173,8 @@ def main() -> int:
     seg_net = build_model(chosen.segmenter).eval()
     (work / "pipeline.json").write_text(to_json(chosen.pipeline))
     rss_before = peak_rss_gib()
-    print(f"threads {torch.get_num_threads()}, preset {args.preset}, device {args.device}")
+    print(f"threads {torch.get_num_threads()}, preset {args.preset}, device {args.device}, freed memory kept for "
+          f"reuse: {keep_freed_memory()}")
     times = {}
     for precision in args.precision:
         used = supported_precision(precision, args.device)

@@ -7,6 +7,8 @@ loss, backward, Adam. The four variants take turns, step by step, so that a mach
 during the run affects them alike; the first step of each is a warm-up and is not counted. Prints
 the median step and inference times and their speed-ups over fp32 with the default layout. What
 training and inference use: channels-last on CPUs (``kidneyseg.model.place``), the preset's precision.
+Freed memory is kept for reuse as ``fit`` keeps it (kidneyseg.allocator; ``KIDNEYSEG_SYSTEM_MALLOC=1``
+times glibc's own behaviour instead).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 
 import torch
 
+from kidneyseg.allocator import keep_freed_memory
 from kidneyseg.config import preset
 from kidneyseg.model import place
 from kidneyseg.training.fit import train_step
@@ -33,6 +36,7 @@ def main() -> int:
     parser.add_argument("--stage", default="segmenter", choices=("localizer", "segmenter"))
     parser.add_argument("--steps", type=int, default=6, help="timed steps per variant, after one warm-up")
     args = parser.parse_args()
+    print(f"freed memory kept for reuse: {keep_freed_memory()}")
     stage = preset(args.preset).stage(args.stage)
     size = stage.input_size
     generator = torch.Generator().manual_seed(0)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from kidneyseg import io
+from kidneyseg.allocator import keep_freed_memory
 from kidneyseg.config import PipelineConfig, StageConfig, differences, pipeline_from_dict, stage_from_dict
 from kidneyseg.errors import ModelFileError, UsageError
 from kidneyseg.geometry import Box, bounding_box, paste_max, resize_image, resize_labels, uncrop, upsampled_window
@@ -175,8 +176,10 @@ def segment(ct: str | Path | io.Volume | np.ndarray, model: TwoStageModel | str 
     ``ct`` is a NIfTI path, a DICOM folder, a Volume, or an array in HU with its 4x4 ``affine``
     (file voxel order, as nibabel gives it). ``boxes`` (canonical voxel boxes, e.g. from the ground
     truth with ``kidney_boxes``) replace the localizer: stage 2 alone, for oracle measurements.
-    Returns a Segmentation; warns when no kidney is found.
+    Returns a Segmentation; warns when no kidney is found. The process's malloc keeps freed memory for
+    reuse from then on (kidneyseg.allocator).
     """
+    keep_freed_memory()
     if not isinstance(model, TwoStageModel):
         model = load_model_dir(model)
     volume = _as_volume(ct, affine)

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from kidneyseg import io
+from kidneyseg.allocator import keep_freed_memory
 from kidneyseg.config import PipelineConfig, StageConfig
 from kidneyseg.errors import InvalidInputError, ResourceError, TrainingDivergedError, UsageError
 from kidneyseg.evaluation import dice_from_counts
@@ -53,8 +54,10 @@ def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineC
     0: this process);
     the weights do not depend on it. ``compile``: run the network through ``torch.compile``. Under
     torchrun each process is one rank of a DistributedDataParallel run (kidneyseg.training.distributed);
-    rank 0 writes the run folder.
+    rank 0 writes the run folder. The process's malloc keeps freed memory for reuse from then on
+    (kidneyseg.allocator), and so do the input workers it forks.
     """
+    keep_freed_memory()
     ranks, device = distributed.setup(device)
     workers = default_workers(device) if workers is None else workers
     _check_device(stage, device, workers)
