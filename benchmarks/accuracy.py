@@ -77,6 +77,10 @@ def main() -> int:
                         "pipeline.margin_mm=8 --set loss=dice --set localizer.tumor_look_prob=0.3")
     parser.add_argument("--tag", default="default", help="names the model and result files")
     parser.add_argument("--skip-training", action="store_true", help="evaluate an existing WORK/model-TAG")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the training of WORK/model-TAG where it stopped (each stage from its last "
+                        "finished epoch; a finished stage is kept), with the same other options; the results' "
+                        "train_seconds then count this run's part only")
     parser.add_argument("--table-only", action="store_true",
                         help="rewrite WORK/results-TAG.md from WORK/results-TAG.json and print it (no training)")
     parser.add_argument("--device", default="cpu", help="torch device for training and evaluation, e.g. cuda")
@@ -199,7 +203,7 @@ def train(train_dir: Path, model_dir: Path, args) -> dict[str, float]:
             budget = ["max_minutes=0", f"epochs={-(-args.steps[k] * stage.batch_size // draws)}"]
         stage, pipeline = override_preset(chosen, name, [*budget, *args.overrides])
         start = time.perf_counter()
-        fit(train_dir, model_dir, stage, pipeline, overwrite=True, device=args.device)
+        fit(train_dir, model_dir, stage, pipeline, resume=args.resume, overwrite=not args.resume, device=args.device)
         timings[name] = time.perf_counter() - start
     return timings
 
