@@ -4,10 +4,11 @@ glibc's malloc gives a block above its mmap threshold a mapping of its own and u
 freed, and it returns the free memory at the heap's top to the kernel once there is more of it than
 twice the largest block freed so far. A network pass allocates and frees activations of several MiB
 each, so every pass takes them back from the kernel one 4 KiB page at a time, each page zeroed first:
-on a 512 x 512 x 300 CT with the ``paper`` preset in bf16 about 900,000 page faults and 1.9 s of kernel
-time per prediction. With the mmap threshold fixed at its largest (32 MiB) and the heap never trimmed,
-freed blocks up to that size stay in the process and later passes reuse them without a fault; larger
-blocks are still mapped and unmapped as before.
+on a 512 x 512 x 300 CT with the ``paper`` preset in bf16 about 900,000 page faults per prediction
+(1.9 s of kernel time with other processes on the same cores; the README says what it buys on a quiet
+machine). With the mmap threshold fixed at its largest (32 MiB) and the heap never trimmed, freed blocks
+up to that size stay in the process and later passes reuse them without a fault; larger blocks are
+still mapped and unmapped as before.
 
 The price is that the process keeps the memory those blocks took until it exits, instead of returning
 it between passes. A long-lived process that must give memory back sets ``KIDNEYSEG_SYSTEM_MALLOC=1``;

@@ -79,6 +79,7 @@ class StageConfig:
     # the nephrographic kidney's level against the mean of its corticomedullary voxels, drawn uniformly from this
     # range (normalised units, about 100 HU each): (-0.1, 0.3) about as bright as that mean or like the cortex; a
     # lower first value also draws kidneys dimmer than their tumours, as weaker or later enhancement shows them
+    # ((-0.6, 0.3) did worse on both renderers in the recipe proxy: README)
     phase_offset: tuple[float, float] = (-0.1, 0.3)
     # chance that a nephrographic look also fills the sinus fat and urine inside label 1 with the parenchyma's level
     # (a kidney label without a darker hilum); 0: the sinus stays as drawn
