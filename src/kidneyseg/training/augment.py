@@ -121,7 +121,7 @@ def augment_intensity(transform: Compose, image: torch.Tensor, rng: np.random.Ra
 
 
 def homogenise_kidney(image: torch.Tensor, label: torch.Tensor, rng: np.random.RandomState,
-                      sinus: bool = False, offset: tuple[float, float] = (-0.1, 0.3)) -> torch.Tensor:
+                      sinus: bool = False, offset: tuple[float, float] = StageConfig.phase_offset) -> torch.Tensor:
     """The kidney (label 1) as it looks in the nephrographic phase, when cortex and medulla enhance alike.
 
     The parenchyma (``_parenchyma``: not the sinus fat or urine that KiTS labels include) becomes its mean,
