@@ -96,6 +96,7 @@ LOCALIZER_ROWS = {
     "tumour look 0.3": ["tumor_look_prob=0.3"],
     "phase 0.3, sinus filled, tumour look 0.3": ["phase_prob=0.3", "phase_sinus_prob=1.0", "tumor_look_prob=0.3"],
     "intensity 0.5": ["intensity_prob=0.5"],
+    "large tumours 0.3": ["tumor_fraction=0.3", "tumor_weight=volume"],
 }
 # How training inputs were built: 1, a resize of the full-resolution crop, then MONAI's rotation of the resized
 # cube (voxel space) and flips; 2, kidneyseg.stage_input: one interpolation for crop, zoom, shift, rotation

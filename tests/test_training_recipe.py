@@ -29,9 +29,10 @@ from kidneyseg.training.data import load_sample
 from kidneyseg.training.fit import draw_order, fit, validate
 
 
-def _samples(flags: list[bool]) -> list[Sample]:
-    return [Sample(f"case_{i:05d}", None, None, Box((0, 0, 0), (1, 1, 1)), has_tumor=flag)
-            for i, flag in enumerate(flags)]
+def _samples(flags: list[bool], volumes: list[float] | None = None) -> list[Sample]:
+    volumes = volumes or [1.0] * len(flags)
+    return [Sample(f"case_{i:05d}", None, None, Box((0, 0, 0), (1, 1, 1)), tumor_ml=volume if flag else 0.0)
+            for i, (flag, volume) in enumerate(zip(flags, volumes, strict=True))]
 
 
 def test_uniform_draws_are_shuffled_passes():
@@ -51,6 +52,17 @@ def test_tumor_fraction_sets_share_of_tumor_crops(fraction):
     assert abs(share - expected) < 0.03
     # fixed by the random state, so a resumed epoch draws the same crops
     assert np.array_equal(order, draw_order(_samples(flags), stage, np.random.RandomState(0)))
+
+
+def test_volume_weight_draws_tumours_in_proportion_to_their_volume():
+    # three samples with tumours of 10, 30 and 60 mL and one without; every draw replaced (fraction 1)
+    flags, volumes = [True, True, True, False], [10.0, 30.0, 60.0, 0.0]
+    stage = replace(preset("paper").localizer, samples_per_epoch=6000, tumor_fraction=1.0, tumor_weight="volume")
+    order = draw_order(_samples(flags, volumes), stage, np.random.RandomState(0))
+    shares = np.bincount(order, minlength=4) / len(order)
+    assert np.allclose(shares, [0.1, 0.3, 0.6, 0.0], atol=0.02)
+    uniform = draw_order(_samples(flags, volumes), replace(stage, tumor_weight="uniform"), np.random.RandomState(0))
+    assert np.allclose(np.bincount(uniform, minlength=4) / len(uniform), [1 / 3, 1 / 3, 1 / 3, 0.0], atol=0.02)
 
 
 def test_intensity_augmentation_changes_the_image_and_repeats():
@@ -254,16 +266,20 @@ def test_segmenter_validation_pools_crops_per_case(tmp_path):
     assert scores["val_kidney_tumor"] == 1.0
 
 
-def test_cache_records_tumor_crops(phantom_dir, tmp_path):
+@pytest.mark.parametrize("name", ["localizer", "segmenter"])
+def test_cache_records_tumor_volume(phantom_dir, tmp_path, name):
     from kidneyseg import io
 
-    stage = micro_stage("segmenter")
+    stage = micro_stage(name)
     samples = build_cache(io.layout.kits_cases(phantom_dir), tmp_path / "cache", stage, preset("tiny").pipeline,
                           progress=False)
     assert samples, "the phantoms have kidneys"
     for sample in samples:
-        assert sample.has_tumor == bool(np.any(np.load(sample.label) == 2))
+        voxels = np.count_nonzero(np.load(sample.label) == 2)
+        assert sample.has_tumor == (voxels > 0)
+        assert sample.tumor_ml == pytest.approx(voxels * np.prod(sample.spacing_mm) / 1000)
     assert any(s.has_tumor for s in samples)
+    assert len({round(s.tumor_ml, 3) for s in samples}) > 1, "the phantoms' tumours differ in size"
 
 
 @pytest.mark.parametrize("name", ["localizer", "segmenter"])
@@ -276,7 +292,7 @@ def test_cache_built_by_worker_processes_equals_the_one_built_in_process(phantom
     pooled = build_cache(cases, tmp_path / "pooled", stage, preset("tiny").pipeline, progress=False, workers=2)
     assert len(alone) == len(pooled) > len(cases) - 1
     for a, b in zip(alone, pooled, strict=True):
-        assert (a.case_id, a.box, a.window, a.has_tumor) == (b.case_id, b.box, b.window, b.has_tumor)
+        assert (a.case_id, a.box, a.window, a.tumor_ml) == (b.case_id, b.box, b.window, b.tumor_ml)
         assert np.array_equal(np.load(a.image), np.load(b.image))
         assert np.array_equal(np.load(a.label), np.load(b.label))
 

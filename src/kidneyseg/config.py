@@ -68,7 +68,11 @@ class StageConfig:
     # > 0: the box scaled about its centre by a factor drawn log-uniformly from [1 / (1 + r), 1 + r] (anatomy
     # seen larger or smaller, as at another voxel spacing or crop size); 0: never (the paper)
     scale_range: float = 0.0
-    tumor_fraction: float = 0.0  # stage 2: share of training draws taken from crops with tumour (0: uniform)
+    tumor_fraction: float = 0.0  # share of training draws taken from samples with tumour (0: uniform)
+    # how those draws choose among the samples with tumour: "uniform", or "volume": in proportion to the tumour's
+    # volume in mL (the localizer's zoom or the segmenter's crop), so that the rare large tumours, which a
+    # localizer trained on uniform draws cuts off, are drawn more often
+    tumor_weight: Literal["uniform", "volume"] = "uniform"
     intensity_prob: float = 0.0  # chance of each intensity augmentation (shift, scale, noise, blur) per sample
     # chance of each texture augmentation per sample, as nnU-Net's: a gamma curve (0.7-1.5, mean and SD kept) and a
     # simulated lower resolution (down to 0.5-1 of the size, nearest, and back, trilinear)
@@ -117,6 +121,7 @@ class StageConfig:
         _check(self.precision in ("fp32", "bf16", "fp16"), "precision is 'fp32', 'bf16' or 'fp16'")
         _check(self.lr_schedule in ("exponential", "poly") and self.optimizer in ("adam", "sgd"),
                "lr_schedule is 'exponential' or 'poly', optimizer 'adam' or 'sgd'")
+        _check(self.tumor_weight in ("uniform", "volume"), "tumor_weight is 'uniform' or 'volume'")
         _check(self.warmup_steps >= 0, "warmup_steps >= 0")
         _check(self.lr > 0 and 0 < self.lr_decay <= 1 and self.weight_decay >= 0, "lr > 0, 0 < lr_decay <= 1")
         _check(self.batch_size >= 1 and self.epochs >= 1 and self.samples_per_epoch >= 0 and self.val_every >= 1,
@@ -193,7 +198,7 @@ def _small(name: str, size: int, base: int, levels: int, epochs: tuple[int, int]
            pipeline: PipelineConfig, tumor_fraction: float = 0.0, localizer_size: int = 0, **recipe) -> Preset:
     """CPU presets: smaller inputs and networks, Dice + cross-entropy, a higher learning rate and bf16
     autocast (a training step 1.5x faster than fp32 at 96³ on a CPU with AVX512-BF16); ``recipe``
-    adds settings to both stages, ``tumor_fraction`` to the segmenter (the only stage with tumour crops);
+    adds settings to both stages, ``tumor_fraction`` to the segmenter (the localizer draws its CTs uniformly);
     ``localizer_size`` (0: ``size``) is the localizer's input side."""
     common = {**dict(input_size=(size,) * 3, loss="dice_ce", lr=3e-3, samples_per_epoch=32, precision="bf16"),
               **recipe}

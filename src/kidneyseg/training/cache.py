@@ -47,8 +47,8 @@ class Sample:
     [origin, origin + shape) of their grid (stage 1: the zoomed CT; stage 2: the CT), the ``box``
     the network sees on that grid (stage 1: the whole zoom; stage 2: the paper's crop box), the
     value outside the stored voxels (``pad``), the normalisation ``window`` (hu_min, hu_max, mean,
-    std; None: stored normalised) and the grid's ``spacing_mm``. ``has_tumor``: the label contains
-    tumour (class 2)."""
+    std; None: stored normalised) and the grid's ``spacing_mm``. ``tumor_ml``: the volume of the label's
+    tumour (class 2) in millilitres on that grid (0: none)."""
 
     case_id: str
     image: Path
@@ -58,7 +58,11 @@ class Sample:
     pad: float = 0.0
     window: tuple[float, float, float, float] | None = None
     spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    has_tumor: bool = False
+    tumor_ml: float = 0.0
+
+    @property
+    def has_tumor(self) -> bool:
+        return self.tumor_ml > 0
 
     @property
     def image_source(self) -> Source:
@@ -206,7 +210,8 @@ def _save(cache_dir: Path, name: str, image: np.ndarray, target: np.ndarray, box
     return {"case_id": case_id or name, "image": f"{name}_image.npy", "label": f"{name}_label.npy",
             "box": [list(box.lo), list(box.hi)], "origin": [int(v) for v in origin], "pad": float(pad),
             "window": None if window is None else [float(v) for v in window],
-            "spacing_mm": [float(v) for v in spacing_mm], "has_tumor": bool(np.any(target == 2))}
+            "spacing_mm": [float(v) for v in spacing_mm],
+            "tumor_ml": float(np.count_nonzero(target == 2) * np.prod(spacing_mm) / 1000)}
 
 
 def _read_index(index_path: Path) -> list[Sample]:
@@ -215,6 +220,6 @@ def _read_index(index_path: Path) -> list[Sample]:
     return [
         Sample(r["case_id"], folder / r["image"], folder / r["label"], Box(tuple(r["box"][0]), tuple(r["box"][1])),
                tuple(r["origin"]), r["pad"], None if r["window"] is None else tuple(r["window"]),
-               tuple(r["spacing_mm"]), r["has_tumor"])
+               tuple(r["spacing_mm"]), r["tumor_ml"])
         for r in records
     ]

@@ -314,13 +314,18 @@ def train_step(model, optimizer, loss_fn, images: torch.Tensor, labels: torch.Te
 
 def draw_order(train: list[Sample], stage: StageConfig, rng: np.random.RandomState) -> np.ndarray:
     """Indices of one epoch's training samples: shuffled passes over ``train``; with
-    ``tumor_fraction`` > 0 that share of the draws (on average) is replaced by crops with tumour."""
+    ``tumor_fraction`` > 0 that share of the draws (on average) is replaced by samples with tumour,
+    chosen uniformly or, with ``tumor_weight`` "volume", in proportion to their tumour's volume."""
     count = stage.samples_per_epoch or len(train)
     order = np.concatenate([rng.permutation(len(train)) for _ in range(-(-count // len(train)))])[:count]
     with_tumor = np.flatnonzero([s.has_tumor for s in train])
     if stage.tumor_fraction > 0 and len(with_tumor):
         chosen = rng.random_sample(count) < stage.tumor_fraction
-        order[chosen] = rng.choice(with_tumor, size=int(chosen.sum()))
+        weights = None
+        if stage.tumor_weight == "volume":
+            volumes = np.array([train[i].tumor_ml for i in with_tumor])
+            weights = volumes / volumes.sum()
+        order[chosen] = rng.choice(with_tumor, size=int(chosen.sum()), p=weights)
     return order
 
 
