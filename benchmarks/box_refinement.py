@@ -8,6 +8,8 @@ model, with the localizer run's pipeline settings and no test-time flips. For ea
 cases (WORK/validation and WORK/independent of benchmarks/accuracy.py) it predicts every case through
 ``segment`` without refinement and with ``--rounds`` rounds, and prints the mean kidney+tumour and tumour
 Dice and the localization recall of each, then the cases where the two differ by more than 0.01.
+``--rounds 0`` scores the pipeline without refinement alone: the whole pipeline of any localizer run with any
+stage 2.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("localizer_run", type=Path)
     parser.add_argument("segmenter_run", type=Path)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="refinement rounds to compare with none (0: none only)")
     parser.add_argument("--work", type=Path, default=HERE / ".work" / "accuracy")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", type=Path, help="write the per-case scores here (JSON)")
@@ -66,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, per_case in scores.items():
             means = [np.mean([s[key] for s in per_case.values()]) for key in ("kidney_tumor", "tumor", "recall")]
             print(f"  {name}: kidney+tumour {means[0]:.3f}, tumour {means[1]:.3f}, recall {means[2]:.3f}")
+        if len(scores) == 1:
+            continue
         plain, refined = scores.values()
         for case_id in plain:
             a, b = plain[case_id], refined[case_id]
