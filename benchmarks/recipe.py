@@ -97,6 +97,7 @@ LOCALIZER_ROWS = {
     "phase 0.3, sinus filled, tumour look 0.3": ["phase_prob=0.3", "phase_sinus_prob=1.0", "tumor_look_prob=0.3"],
     "intensity 0.5": ["intensity_prob=0.5"],
     "large tumours 0.3": ["tumor_fraction=0.3", "tumor_weight=volume"],
+    "large tumours 0.1": ["tumor_fraction=0.1", "tumor_weight=volume"],
     "large tumours 0.3, tumour look 0.3": ["tumor_fraction=0.3", "tumor_weight=volume", "tumor_look_prob=0.3"],
 }
 # How training inputs were built: 1, a resize of the full-resolution crop, then MONAI's rotation of the resized
