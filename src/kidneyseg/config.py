@@ -72,7 +72,8 @@ class StageConfig:
     # how those draws choose among the samples with tumour: "uniform", or "volume": in proportion to the tumour's
     # volume in mL (the localizer's zoom or the segmenter's crop), so that the rare large tumours, which a
     # localizer trained on uniform draws cuts off, are drawn more often (on the localizer, 30 % of draws so: recall
-    # on those tumours up, but false boxes, in which stage 2 labels kidney, cost the whole pipeline more: README)
+    # on those tumours up, but false boxes, in which stage 2 labels kidney, cost the whole pipeline more; 10 %: a
+    # gain on the independent renderer in the proxy, not yet in the full run: README)
     tumor_weight: Literal["uniform", "volume"] = "uniform"
     intensity_prob: float = 0.0  # chance of each intensity augmentation (shift, scale, noise, blur) per sample
     # chance of each texture augmentation per sample, as nnU-Net's: a gamma curve (0.7-1.5, mean and SD kept) and a
