@@ -49,6 +49,7 @@ from kidneyseg import io
 from kidneyseg.config import override_preset, preset, stage_from_dict
 from kidneyseg.evaluation import case_scores
 from kidneyseg.inference import TwoStageModel, segment
+from kidneyseg.labels import tumor_ml
 from kidneyseg.postprocess import kidney_boxes
 from kidneyseg.training.cache import build_cache, fingerprint
 from kidneyseg.training.fit import fit
@@ -294,7 +295,7 @@ def large_tumour_cases(folder: Path) -> list[str]:
     large = []
     for case in io.layout.kits_cases(folder):
         labels = io.load_label_map(case.label)
-        if np.count_nonzero(labels.array == 2) * np.prod(labels.spacing_mm) / 1000 > LARGE_TUMOUR_ML:
+        if tumor_ml(labels.array, labels.spacing_mm) > LARGE_TUMOUR_ML:
             large.append(case.case_id)
     return large
 

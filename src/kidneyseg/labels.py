@@ -30,3 +30,8 @@ def region_mask(labels: np.ndarray, region: str) -> np.ndarray:
 def foreground(labels: np.ndarray) -> np.ndarray:
     """Boolean mask of kidney or tumour (the localizer's target)."""
     return labels > BACKGROUND
+
+
+def tumor_ml(labels: np.ndarray, spacing_mm: tuple[float, float, float]) -> float:
+    """Volume of the tumour (TUMOR) in millilitres in a label map on a grid of ``spacing_mm``."""
+    return float(np.count_nonzero(labels == TUMOR) * np.prod(spacing_mm) / 1000)

@@ -30,6 +30,7 @@ from kidneyseg import io
 from kidneyseg.config import PipelineConfig, StageConfig
 from kidneyseg.errors import InvalidInputError
 from kidneyseg.geometry import Box, crop
+from kidneyseg.labels import tumor_ml
 from kidneyseg.postprocess import kidney_boxes
 from kidneyseg.preprocess import clipped_stats, normalize_ct
 from kidneyseg.stage_input import Source, stage_image, stage_labels
@@ -211,7 +212,7 @@ def _save(cache_dir: Path, name: str, image: np.ndarray, target: np.ndarray, box
             "box": [list(box.lo), list(box.hi)], "origin": [int(v) for v in origin], "pad": float(pad),
             "window": None if window is None else [float(v) for v in window],
             "spacing_mm": [float(v) for v in spacing_mm],
-            "tumor_ml": float(np.count_nonzero(target == 2) * np.prod(spacing_mm) / 1000)}
+            "tumor_ml": tumor_ml(target, spacing_mm)}
 
 
 def _read_index(index_path: Path) -> list[Sample]:
