@@ -90,6 +90,7 @@ ROWS = {
                                                          "phase_prob=0.6", "cut_box_prob=0.3"],
     "Dice + CE, HU [-79, 304], phase 0.6, dimmer kidney": ["pipeline.hu_min=-79", "pipeline.hu_max=304",
                                                            "phase_prob=0.6", "phase_offset=-0.6,0.3"],
+    "Dice + CE, HU [-79, 304], empty crops 0.1": ["pipeline.hu_min=-79", "pipeline.hu_max=304", "empty_fraction=0.1"],
 }
 # Each localizer row: the settings it changes from the small preset's localizer.
 LOCALIZER_ROWS = {

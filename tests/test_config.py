@@ -51,6 +51,15 @@ def test_cut_box_chance_outside_zero_to_one_is_a_usage_error(bad):
         override(preset("tiny").segmenter, [bad])
 
 
+@pytest.mark.parametrize("bad", ["empty_fraction=1.0", "empty_fraction=-0.1"])
+def test_empty_crops_are_a_segmenter_share_below_one(bad):
+    with pytest.raises(UsageError, match="empty_fraction < 1"):
+        override(preset("tiny").segmenter, [bad])
+    with pytest.raises(UsageError, match="empty_fraction is a segmenter setting"):
+        override(preset("tiny").localizer, ["empty_fraction=0.1"])
+    assert override(preset("tiny").segmenter, ["empty_fraction=0.1"]).empty_fraction == 0.1
+
+
 @pytest.mark.parametrize("bad", ["phase_offset=0.3,-0.1", "phase_offset=0.1", "phase_offset=0,0.1,0.2"])
 def test_phase_offset_must_be_a_range(bad):
     with pytest.raises(UsageError, match="phase_offset"):

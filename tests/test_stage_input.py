@@ -123,11 +123,12 @@ def test_cached_zoom_equals_what_inference_feeds_the_localizer(phantom_dir, trai
 
 def test_every_training_draw_stays_inside_the_cached_region(phantom_dir, tmp_path):
     """The stored spare voxels cover the largest shift, scale and rotation: no draw reads padding."""
-    stage = micro_stage("segmenter", "rotate_deg=30", "translate_vox=6", "scale_range=0.25")
+    stage = micro_stage("segmenter", "rotate_deg=30", "translate_vox=6", "scale_range=0.25", "empty_fraction=0.5")
     samples = build_cache(io.layout.kits_cases(phantom_dir), tmp_path / "cache", stage, preset("tiny").pipeline,
                           progress=False)
     extremes = [Warp(tuple(6.0 * np.array(signs)), angle, scale=1.25)
                 for signs in itertools.product((-1, 1), repeat=3) for angle in (-np.pi / 6, np.pi / 6)]
+    assert any(s.empty for s in samples), "the empty crops' stored regions too"
     for sample in samples:
         stored = np.load(sample.image, mmap_mode="r").shape
         drawn = [draw_warp(stage, np.random.RandomState(seed)) for seed in range(20)]

@@ -65,6 +65,75 @@ def test_volume_weight_draws_tumours_in_proportion_to_their_volume():
     assert np.allclose(np.bincount(uniform, minlength=4) / len(uniform), [1 / 3, 1 / 3, 1 / 3, 0.0], atol=0.02)
 
 
+def test_empty_crops_are_drawn_only_for_their_share():
+    # six kidney crops (one with tumour) and four empty crops
+    train = _samples([True] + [False] * 5) + [replace(s, case_id=f"e{i}", empty=True)
+                                              for i, s in enumerate(_samples([False] * 4))]
+    stage = replace(preset("paper").segmenter, samples_per_epoch=8000, tumor_fraction=0.5, empty_fraction=0.25)
+    order = draw_order(train, stage, np.random.RandomState(0))
+    empty = np.array([train[i].empty for i in order])
+    assert abs(empty.mean() - 0.25) < 0.02
+    assert np.allclose(np.bincount(order[empty], minlength=10)[6:] / empty.sum(), 0.25, atol=0.03)
+    # the tumour's share is taken among the kidney draws: 0.5 + 0.5 / 6 of them, then a quarter of all replaced
+    tumour = np.mean([train[i].has_tumor for i in order])
+    assert abs(tumour - 0.75 * (0.5 + 0.5 / 6)) < 0.02
+    # without the setting no empty crop is drawn, and the kidney draws are those of a cache without empty crops
+    plain = replace(stage, empty_fraction=0.0)
+    assert not any(train[i].empty for i in draw_order(train, plain, np.random.RandomState(0)))
+    assert np.array_equal(draw_order(train, plain, np.random.RandomState(0)),
+                          draw_order(train[:6], plain, np.random.RandomState(0)))
+    # one pass over the kidney crops when samples_per_epoch is 0
+    per_pass = replace(plain, samples_per_epoch=0, tumor_fraction=0.0)
+    assert sorted(draw_order(train, per_pass, np.random.RandomState(1))) == list(range(6))
+
+
+def test_empty_boxes_lie_in_the_body_beside_the_kidneys_not_on_them():
+    from kidneyseg.training.cache import BODY_HU, EMPTY_MAX_OVERLAP, _overlap, empty_boxes
+
+    image = np.full((120, 100, 80), -1000.0, np.float32)
+    image[10:110, 10:90, :] = 40.0  # the body; air around it
+    kidneys = [Box((20, 30, 20), (44, 54, 52)), Box((70, 30, 20), (94, 54, 52))]
+    boxes = empty_boxes(image, kidneys, "case_00007", 6)
+    assert len(boxes) == 6
+    assert boxes == empty_boxes(image, kidneys, "case_00007", 6), "fixed by the case"
+    assert boxes != empty_boxes(image, kidneys, "case_00008", 6)
+    sizes = {k.size_vox for k in kidneys}
+    for box in boxes:
+        assert box.size_vox in sizes
+        centre = tuple((lo + hi) // 2 for lo, hi in zip(box.lo, box.hi, strict=True))
+        assert image[centre] > BODY_HU
+        assert all(_overlap(box, k) <= EMPTY_MAX_OVERLAP * np.prod(box.size_vox) for k in kidneys)
+        assert all(lo >= -24 and hi <= 94 + 48 for lo, hi in zip(box.lo, box.hi, strict=True))
+    assert empty_boxes(image, kidneys, "case_00007", 0) == [] and empty_boxes(image, [], "case_00007", 2) == []
+    # a body with no room beside the kidneys (air everywhere else) gives no box
+    air = np.full_like(image, -1000.0)
+    air[20:44, 30:54, 20:52] = 40.0
+    assert empty_boxes(air, kidneys[:1], "case_00007", 2) == []
+
+
+def test_cache_holds_empty_crops_only_when_asked(phantom_dir, tmp_path):
+    from kidneyseg import io
+    from kidneyseg.training.cache import EMPTY_CROPS
+
+    cases, pipeline = io.layout.kits_cases(phantom_dir), preset("tiny").pipeline
+    plain = build_cache(cases, tmp_path / "cache", micro_stage("segmenter"), pipeline, progress=False)
+    assert plain and not any(s.empty for s in plain)
+    stage = micro_stage("segmenter", "empty_fraction=0.2")
+    samples = build_cache(cases, tmp_path / "cache", stage, pipeline, progress=False)  # a new fingerprint: rebuilt
+    empties = [s for s in samples if s.empty]
+    assert [s for s in samples if not s.empty] == plain
+    assert len(empties) == EMPTY_CROPS * len(cases)
+    for sample in empties:
+        kidney = [s for s in plain if s.case_id == sample.case_id]
+        assert sample.box.size_vox in {s.box.size_vox for s in kidney}
+        image, label = load_sample(sample, stage, None)
+        assert image.shape == label.shape == (1, *stage.input_size)
+        # mostly outside the kidneys: at most a sliver of the crop is labelled
+        assert (label > 0).float().mean() < 0.15
+    assert build_cache(cases, tmp_path / "cache", replace(stage, empty_fraction=0.5), pipeline,
+                       progress=False) == samples, "the share is a drawing setting: the same cache"
+
+
 def test_intensity_augmentation_changes_the_image_and_repeats():
     stage = replace(micro_stage("segmenter"), intensity_prob=1.0)
     image = torch.randn(1, 16, 16, 16)

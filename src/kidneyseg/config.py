@@ -75,6 +75,10 @@ class StageConfig:
     # on those tumours up, but false boxes, in which stage 2 labels kidney, cost the whole pipeline more; 10 %: a
     # gain on the independent renderer in the proxy, not yet in the full run: README)
     tumor_weight: Literal["uniform", "volume"] = "uniform"
+    # stage 2: share of training draws (on average) that are crops beside the kidneys rather than on them: a box of a
+    # kidney's size centred in the body next to them, labelled with whatever it holds (mostly nothing), as a false
+    # box of the localizer would give the segmenter (kidneyseg.training.cache.empty_boxes). 0: never (the paper)
+    empty_fraction: float = 0.0
     intensity_prob: float = 0.0  # chance of each intensity augmentation (shift, scale, noise, blur) per sample
     # chance of each texture augmentation per sample, as nnU-Net's: a gamma curve (0.7-1.5, mean and SD kept) and a
     # simulated lower resolution (down to 0.5-1 of the size, nearest, and back, trilinear)
@@ -124,6 +128,8 @@ class StageConfig:
         _check(self.lr_schedule in ("exponential", "poly") and self.optimizer in ("adam", "sgd"),
                "lr_schedule is 'exponential' or 'poly', optimizer 'adam' or 'sgd'")
         _check(self.tumor_weight in ("uniform", "volume"), "tumor_weight is 'uniform' or 'volume'")
+        _check(0 <= self.empty_fraction < 1, "0 <= empty_fraction < 1")
+        _check(self.stage == "segmenter" or self.empty_fraction == 0, "empty_fraction is a segmenter setting")
         _check(self.warmup_steps >= 0, "warmup_steps >= 0")
         _check(self.lr > 0 and 0 < self.lr_decay <= 1 and self.weight_decay >= 0, "lr > 0, 0 < lr_decay <= 1")
         _check(self.batch_size >= 1 and self.epochs >= 1 and self.samples_per_epoch >= 0 and self.val_every >= 1,

@@ -5,7 +5,9 @@ what inference feeds the localizer) with its kidney and tumour labels. Stage 2 s
 kidney of the ground truth, the CT's raw values (its own dtype) on the paper's crop box plus enough
 spare voxels on every side for the translation jitter and the axial rotation, with the whole CT's
 normalisation statistics, so that a training draw is one interpolation of full-resolution data
-(kidneyseg.stage_input) and an un-augmented draw equals inference's input for that box bitwise. The
+(kidneyseg.stage_input) and an un-augmented draw equals inference's input for that box bitwise. With a
+segmenter's ``empty_fraction`` > 0 it also stores ``EMPTY_CROPS`` boxes per case beside the kidneys
+(``empty_boxes``), the training's stand-ins for the localizer's false boxes. The
 index records a fingerprint of the settings, the source files' sizes and times, and the source code
 of every module that shapes the cached arrays; a cache whose fingerprint differs (a setting, a file
 or that code changed) is rebuilt.
@@ -18,6 +20,7 @@ import importlib
 import json
 import multiprocessing
 import shutil
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -41,6 +44,12 @@ CODE_MODULES = ("kidneyseg.training.cache", "kidneyseg.preprocess", "kidneyseg.s
                 "kidneyseg.postprocess", "kidneyseg.labels", "kidneyseg.io", "kidneyseg.io.nifti",
                 "kidneyseg.io.volume", "kidneyseg.io.validate")
 
+# Empty crops (segmenter, empty_fraction > 0): this many per case, each overlapping every kidney box by at most
+# EMPTY_MAX_OVERLAP of its volume, centred on a voxel of the body (above BODY_HU: not the air around it).
+EMPTY_CROPS = 2
+EMPTY_MAX_OVERLAP = 0.1
+BODY_HU = -300.0
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -49,7 +58,8 @@ class Sample:
     the network sees on that grid (stage 1: the whole zoom; stage 2: the paper's crop box), the
     value outside the stored voxels (``pad``), the normalisation ``window`` (hu_min, hu_max, mean,
     std; None: stored normalised) and the grid's ``spacing_mm``. ``tumor_ml``: the volume of the label's
-    tumour (class 2) in millilitres on that grid (0: none)."""
+    tumour (class 2) in millilitres on that grid (0: none). ``empty``: a crop beside the kidneys, not on
+    one (``empty_boxes``)."""
 
     case_id: str
     image: Path
@@ -60,6 +70,7 @@ class Sample:
     window: tuple[float, float, float, float] | None = None
     spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
     tumor_ml: float = 0.0
+    empty: bool = False
 
     @property
     def has_tumor(self) -> bool:
@@ -82,7 +93,7 @@ def fingerprint(cases: list[io.layout.Case], stage: StageConfig, pipeline: Pipel
         relevant.update(margin_vox=pipeline.margin_vox, min_box_vox=pipeline.min_box_vox, margin_mm=pipeline.margin_mm,
                         min_box_mm=pipeline.min_box_mm, min_region_fraction=pipeline.min_region_fraction,
                         translate_vox=stage.translate_vox, rotate_deg=stage.rotate_deg,
-                        scale_range=stage.scale_range)
+                        scale_range=stage.scale_range, empty_crops=_empty_count(stage))
     files = [[c.case_id, *(_stat(p) for p in (c.image, c.label))] for c in cases]
     relevant["files"] = hashlib.sha256(json.dumps(files).encode()).hexdigest()
     return relevant
@@ -158,7 +169,45 @@ def _cache_case(case: io.layout.Case, cache_dir: Path, stage: StageConfig,
     if stage.stage == "localizer":
         return [_cache_whole(cache_dir, case.case_id, source, labels.array, image.spacing_mm, stage.input_size)], None
     boxes = kidney_boxes(labels.array > 0, pipeline, image.spacing_mm)
-    return _cache_kidneys(cache_dir, case.case_id, source, labels.array, boxes, image.spacing_mm, stage), None
+    records = _cache_kidneys(cache_dir, case.case_id, source, labels.array, boxes, image.spacing_mm, stage)
+    empties = empty_boxes(image.array, boxes, case.case_id, _empty_count(stage))
+    records += _cache_kidneys(cache_dir, case.case_id, source, labels.array, empties, image.spacing_mm, stage,
+                              empty=True)
+    return records, None
+
+
+def _empty_count(stage: StageConfig) -> int:
+    return EMPTY_CROPS if stage.empty_fraction > 0 else 0
+
+
+def empty_boxes(image: np.ndarray, kidneys: list[Box], case_id: str, count: int, tries: int = 50) -> list[Box]:
+    """Up to ``count`` boxes beside the ``kidneys`` (crop boxes) of a CT: each the size of one of them, drawn
+    at random, centred on a body voxel (above BODY_HU; every 4th voxel per axis considered) at most one box
+    side from the kidneys' boxes, overlapping each kidney box by at most EMPTY_MAX_OVERLAP of its volume.
+    Fixed by ``case_id`` (the same boxes on every build); fewer where ``tries`` draws per box find no room."""
+    if not count or not kidneys:
+        return []
+    rng = np.random.RandomState(zlib.crc32(case_id.encode()))
+    body = np.argwhere(image[::4, ::4, ::4] > BODY_HU) * 4
+    lo = np.min([np.subtract(b.lo, b.size_vox) for b in kidneys], axis=0)
+    hi = np.max([np.add(b.hi, b.size_vox) for b in kidneys], axis=0)
+    body = body[np.all((body >= lo) & (body < hi), axis=1)]
+    found: list[Box] = []
+    for _ in range(count * tries):
+        if len(found) == count or not len(body):
+            break
+        size = np.array(kidneys[rng.randint(len(kidneys))].size_vox)
+        start = body[rng.randint(len(body))] - size // 2
+        box = Box(tuple(int(v) for v in start), tuple(int(v) for v in start + size))
+        if all(_overlap(box, other) <= EMPTY_MAX_OVERLAP * np.prod(size) for other in kidneys):
+            found.append(box)
+    return found
+
+
+def _overlap(a: Box, b: Box) -> int:
+    """Voxels shared by two boxes."""
+    return int(np.prod([max(0, min(ah, bh) - max(al, bl)) for al, ah, bl, bh in zip(a.lo, a.hi, b.lo, b.hi,
+                                                                                     strict=True)]))
 
 
 def _cache_whole(cache_dir: Path, case_id: str, source: Source, labels: np.ndarray,
@@ -190,8 +239,9 @@ def spare_vox(box: Box, spacing_mm: tuple[float, float, float], stage: StageConf
 
 
 def _cache_kidneys(cache_dir: Path, case_id: str, source: Source, labels: np.ndarray, boxes: list[Box],
-                   spacing_mm: tuple[float, float, float], stage: StageConfig) -> list[dict]:
-    """Each kidney's crop box (ground truth, pipeline rules) with ``spare_vox`` around it, raw values."""
+                   spacing_mm: tuple[float, float, float], stage: StageConfig, empty: bool = False) -> list[dict]:
+    """Each kidney's crop box (ground truth, pipeline rules) with ``spare_vox`` around it, raw values; with
+    ``empty`` the boxes are empty crops (``empty_boxes``)."""
     records = []
     for k, box in enumerate(boxes):
         spare = spare_vox(box, spacing_mm, stage)
@@ -199,20 +249,20 @@ def _cache_kidneys(cache_dir: Path, case_id: str, source: Source, labels: np.nda
                      tuple(v + p for v, p in zip(box.hi, spare, strict=True)))
         image = crop(source.array, region, pad_value=source.pad)
         target = crop(labels, region, pad_value=0).astype(np.uint8)
-        records.append(_save(cache_dir, f"{case_id}_k{k}", image, target, box, region.lo, source.pad,
-                             source.window, spacing_mm, case_id))
+        records.append(_save(cache_dir, f"{case_id}_{'e' if empty else 'k'}{k}", image, target, box, region.lo,
+                             source.pad, source.window, spacing_mm, case_id, empty))
     return records
 
 
 def _save(cache_dir: Path, name: str, image: np.ndarray, target: np.ndarray, box: Box, origin, pad: float,
-          window, spacing_mm, case_id: str | None = None) -> dict:
+          window, spacing_mm, case_id: str | None = None, empty: bool = False) -> dict:
     np.save(cache_dir / f"{name}_image.npy", image)
     np.save(cache_dir / f"{name}_label.npy", target)
     return {"case_id": case_id or name, "image": f"{name}_image.npy", "label": f"{name}_label.npy",
             "box": [list(box.lo), list(box.hi)], "origin": [int(v) for v in origin], "pad": float(pad),
             "window": None if window is None else [float(v) for v in window],
             "spacing_mm": [float(v) for v in spacing_mm],
-            "tumor_ml": tumor_ml(target, spacing_mm)}
+            "tumor_ml": tumor_ml(target, spacing_mm), "empty": empty}
 
 
 def _read_index(index_path: Path) -> list[Sample]:
@@ -221,6 +271,6 @@ def _read_index(index_path: Path) -> list[Sample]:
     return [
         Sample(r["case_id"], folder / r["image"], folder / r["label"], Box(tuple(r["box"][0]), tuple(r["box"][1])),
                tuple(r["origin"]), r["pad"], None if r["window"] is None else tuple(r["window"]),
-               tuple(r["spacing_mm"]), r["tumor_ml"])
+               tuple(r["spacing_mm"]), r["tumor_ml"], r["empty"])
         for r in records
     ]

@@ -313,12 +313,16 @@ def train_step(model, optimizer, loss_fn, images: torch.Tensor, labels: torch.Te
 
 
 def draw_order(train: list[Sample], stage: StageConfig, rng: np.random.RandomState) -> np.ndarray:
-    """Indices of one epoch's training samples: shuffled passes over ``train``; with
-    ``tumor_fraction`` > 0 that share of the draws (on average) is replaced by samples with tumour,
-    chosen uniformly or, with ``tumor_weight`` "volume", in proportion to their tumour's volume."""
-    count = stage.samples_per_epoch or len(train)
-    order = np.concatenate([rng.permutation(len(train)) for _ in range(-(-count // len(train)))])[:count]
-    with_tumor = np.flatnonzero([s.has_tumor for s in train])
+    """Indices of one epoch's training samples: shuffled passes over the kidney samples of ``train``;
+    with ``tumor_fraction`` > 0 that share of the draws (on average) is replaced by kidney samples with
+    tumour, chosen uniformly or, with ``tumor_weight`` "volume", in proportion to their tumour's volume;
+    then, with ``empty_fraction`` > 0, that share by empty crops (``Sample.empty``), chosen uniformly.
+    Without empty crops in ``train`` it draws as if the setting were 0."""
+    kidneys = np.flatnonzero([not s.empty for s in train])
+    count = stage.samples_per_epoch or len(kidneys)
+    passes = -(-count // len(kidneys))
+    order = kidneys[np.concatenate([rng.permutation(len(kidneys)) for _ in range(passes)])[:count]]
+    with_tumor = np.flatnonzero([s.has_tumor and not s.empty for s in train])
     if stage.tumor_fraction > 0 and len(with_tumor):
         chosen = rng.random_sample(count) < stage.tumor_fraction
         weights = None
@@ -326,6 +330,10 @@ def draw_order(train: list[Sample], stage: StageConfig, rng: np.random.RandomSta
             volumes = np.array([train[i].tumor_ml for i in with_tumor])
             weights = volumes / volumes.sum()
         order[chosen] = rng.choice(with_tumor, size=int(chosen.sum()), p=weights)
+    empties = np.flatnonzero([s.empty for s in train])
+    if stage.empty_fraction > 0 and len(empties):
+        chosen = rng.random_sample(count) < stage.empty_fraction
+        order[chosen] = rng.choice(empties, size=int(chosen.sum()))
     return order
 
 
@@ -336,7 +344,8 @@ def validate(model, val: list[Sample], stage: StageConfig, device: str,
 
     Localizer: ``val_dice`` = foreground Dice. Segmenter: mean of kidney+tumour and tumour Dice,
     each pooled over the case's kidney crops (so a crop without tumour counts through its false
-    positives only, as it would in the whole case, instead of scoring 0 on its own). With several
+    positives only, as it would in the whole case, instead of scoring 0 on its own); empty crops are
+    left out, so that the score, and the checkpoint it chooses, compare across settings. With several
     ranks each takes every N-th case and the per-case Dice values are summed across ranks.
     """
     model.eval()
@@ -345,7 +354,7 @@ def validate(model, val: list[Sample], stage: StageConfig, device: str,
         regions["val_tumor"] = lambda a: a == 2
     mine = set(sorted({s.case_id for s in val})[ranks.rank::ranks.world])
     counts: dict[str, dict[str, np.ndarray]] = {}  # case -> region -> (overlap, predicted, true) voxels
-    for sample in (s for s in val if s.case_id in mine):
+    for sample in (s for s in val if s.case_id in mine and not s.empty):
         image, label = load_sample(sample, stage, None)
         with autocast(stage.precision, device):
             logits = model(image[None].to(device))
