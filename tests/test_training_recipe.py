@@ -26,7 +26,7 @@ from kidneyseg.training.augment import (
 from kidneyseg.training.cache import Sample, build_cache
 from kidneyseg.training.checkpoint import load_state, save_state
 from kidneyseg.training.data import load_sample
-from kidneyseg.training.fit import draw_order, fit, validate
+from kidneyseg.training.fit import draw_order, epoch_draws, fit, validate
 
 
 def _samples(flags: list[bool], volumes: list[float] | None = None) -> list[Sample]:
@@ -66,16 +66,16 @@ def test_volume_weight_draws_tumours_in_proportion_to_their_volume():
 
 
 def test_empty_crops_are_drawn_only_for_their_share():
-    # six kidney crops (one with tumour) and four empty crops
+    # six kidney crops (one with tumour) and four empty crops, one of them with a sliver of tumour at its edge
     train = _samples([True] + [False] * 5) + [replace(s, case_id=f"e{i}", empty=True)
-                                              for i, s in enumerate(_samples([False] * 4))]
+                                              for i, s in enumerate(_samples([True] + [False] * 3))]
     stage = replace(preset("paper").segmenter, samples_per_epoch=8000, tumor_fraction=0.5, empty_fraction=0.25)
     order = draw_order(train, stage, np.random.RandomState(0))
     empty = np.array([train[i].empty for i in order])
     assert abs(empty.mean() - 0.25) < 0.02
     assert np.allclose(np.bincount(order[empty], minlength=10)[6:] / empty.sum(), 0.25, atol=0.03)
     # the tumour's share is taken among the kidney draws: 0.5 + 0.5 / 6 of them, then a quarter of all replaced
-    tumour = np.mean([train[i].has_tumor for i in order])
+    tumour = np.mean([train[i].has_tumor and not train[i].empty for i in order])
     assert abs(tumour - 0.75 * (0.5 + 0.5 / 6)) < 0.02
     # without the setting no empty crop is drawn, and the kidney draws are those of a cache without empty crops
     plain = replace(stage, empty_fraction=0.0)
@@ -85,14 +85,15 @@ def test_empty_crops_are_drawn_only_for_their_share():
     # one pass over the kidney crops when samples_per_epoch is 0
     per_pass = replace(plain, samples_per_epoch=0, tumor_fraction=0.0)
     assert sorted(draw_order(train, per_pass, np.random.RandomState(1))) == list(range(6))
+    assert epoch_draws(train, per_pass) == 6, "the learning rate's schedule counts the same epoch"
 
 
 def test_empty_boxes_lie_in_the_body_beside_the_kidneys_not_on_them():
     from kidneyseg.training.cache import BODY_HU, EMPTY_MAX_OVERLAP, _overlap, empty_boxes
 
     image = np.full((120, 100, 80), -1000.0, np.float32)
-    image[10:110, 10:90, :] = 40.0  # the body; air around it
-    kidneys = [Box((20, 30, 20), (44, 54, 52)), Box((70, 30, 20), (94, 54, 52))]
+    image[10:110, 10:90, :] = 40.0  # the body, through every slice; air around it
+    kidneys = [Box((20, 30, 0), (44, 54, 32)), Box((70, 30, 0), (94, 54, 32))]  # at the CT's first slice
     boxes = empty_boxes(image, kidneys, "case_00007", 6)
     assert len(boxes) == 6
     assert boxes == empty_boxes(image, kidneys, "case_00007", 6), "fixed by the case"
@@ -100,14 +101,14 @@ def test_empty_boxes_lie_in_the_body_beside_the_kidneys_not_on_them():
     sizes = {k.size_vox for k in kidneys}
     for box in boxes:
         assert box.size_vox in sizes
-        centre = tuple((lo + hi) // 2 for lo, hi in zip(box.lo, box.hi, strict=True))
-        assert image[centre] > BODY_HU
+        assert box.inside(image.shape) == box, "shifted inside the CT, as every crop box"
+        assert np.mean(image[box.lo[0]:box.hi[0], box.lo[1]:box.hi[1], box.lo[2]:box.hi[2]] > BODY_HU) > 0.5
         assert all(_overlap(box, k) <= EMPTY_MAX_OVERLAP * np.prod(box.size_vox) for k in kidneys)
-        assert all(lo >= -24 and hi <= 94 + 48 for lo, hi in zip(box.lo, box.hi, strict=True))
+        assert box.lo[0] >= 20 - 24 and box.hi[0] <= 94 + 24 + 12 and box.hi[1] <= 54 + 24 + 12
     assert empty_boxes(image, kidneys, "case_00007", 0) == [] and empty_boxes(image, [], "case_00007", 2) == []
     # a body with no room beside the kidneys (air everywhere else) gives no box
     air = np.full_like(image, -1000.0)
-    air[20:44, 30:54, 20:52] = 40.0
+    air[20:44, 30:54, 0:32] = 40.0
     assert empty_boxes(air, kidneys[:1], "case_00007", 2) == []
 
 
@@ -314,7 +315,8 @@ class _Echo(torch.nn.Module):
 
 
 def test_segmenter_validation_pools_crops_per_case(tmp_path):
-    """A kidney crop without tumour that gets one false tumour voxel costs that voxel, not a 0."""
+    """A kidney crop without tumour that gets one false tumour voxel costs that voxel, not a 0; an empty
+    crop of the case is left out (its prediction, all kidney, would lower kidney+tumour)."""
     shape = (16, 16, 16)
     with_tumor = np.zeros(shape, np.uint8)
     with_tumor[4:12, 4:12, 4:12] = 1
@@ -327,12 +329,15 @@ def test_segmenter_validation_pools_crops_per_case(tmp_path):
         np.save(tmp_path / f"{name}_label.npy", label)
         samples.append(Sample("case_00001", tmp_path / f"{name}_image.npy", tmp_path / f"{name}_label.npy",
                               Box((0, 0, 0), shape)))
+    samples.append(replace(samples[1], empty=True))
     one_false_voxel = without.copy()
     one_false_voxel[5, 5, 5] = 2
     stage = replace(micro_stage("segmenter"), input_size=shape, precision="fp32")
-    scores = validate(_Echo([with_tumor, one_false_voxel]), samples, stage, "cpu")
+    echo = _Echo([with_tumor, one_false_voxel, np.ones(shape, np.uint8)])
+    scores = validate(echo, samples, stage, "cpu")
     assert scores["val_tumor"] == pytest.approx(2 * 64 / (65 + 64))
     assert scores["val_kidney_tumor"] == 1.0
+    assert len(echo.predictions) == 1, "the empty crop was not predicted"
 
 
 @pytest.mark.parametrize("name", ["localizer", "segmenter"])

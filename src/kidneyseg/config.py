@@ -58,7 +58,7 @@ class StageConfig:
     weight_decay: float = 1e-5
     batch_size: int = 1
     epochs: int = 300
-    samples_per_epoch: int = 0  # 0: one pass over the training cases
+    samples_per_epoch: int = 0  # 0: one pass over the training samples (localizer: CTs; segmenter: kidney crops)
     val_every: int = 1  # validate after every N-th epoch and after the last; the best is chosen among those
     max_minutes: float = 0.0  # 0: no limit; else stop training (and validation) within a step of this many minutes
     val_fraction: float = 0.2

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from kidneyseg import io
 from kidneyseg.config import PipelineConfig, StageConfig
 from kidneyseg.errors import InvalidInputError
-from kidneyseg.geometry import Box, crop
+from kidneyseg.geometry import Box, crop, expand_box
 from kidneyseg.labels import tumor_ml
 from kidneyseg.postprocess import kidney_boxes
 from kidneyseg.preprocess import clipped_stats, normalize_ct
@@ -183,8 +183,9 @@ def _empty_count(stage: StageConfig) -> int:
 def empty_boxes(image: np.ndarray, kidneys: list[Box], case_id: str, count: int, tries: int = 50) -> list[Box]:
     """Up to ``count`` boxes beside the ``kidneys`` (crop boxes) of a CT: each the size of one of them, drawn
     at random, centred on a body voxel (above BODY_HU; every 4th voxel per axis considered) at most one box
-    side from the kidneys' boxes, overlapping each kidney box by at most EMPTY_MAX_OVERLAP of its volume.
-    Fixed by ``case_id`` (the same boxes on every build); fewer where ``tries`` draws per box find no room."""
+    side from the kidneys' boxes, then shifted inside the CT where it fits (as every crop box is,
+    ``expand_box``), overlapping each kidney box by at most EMPTY_MAX_OVERLAP of its volume. Fixed by
+    ``case_id`` (the same boxes on every build); fewer where ``count`` x ``tries`` draws find no room."""
     if not count or not kidneys:
         return []
     rng = np.random.RandomState(zlib.crc32(case_id.encode()))
@@ -198,7 +199,7 @@ def empty_boxes(image: np.ndarray, kidneys: list[Box], case_id: str, count: int,
             break
         size = np.array(kidneys[rng.randint(len(kidneys))].size_vox)
         start = body[rng.randint(len(body))] - size // 2
-        box = Box(tuple(int(v) for v in start), tuple(int(v) for v in start + size))
+        box = expand_box(Box(tuple(int(v) for v in start), tuple(int(v) for v in start + size)), 0, 1, image.shape)
         if all(_overlap(box, other) <= EMPTY_MAX_OVERLAP * np.prod(size) for other in kidneys):
             found.append(box)
     return found

@@ -94,7 +94,7 @@ def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineC
     # The budget counts training and validation; it is checked before every step, so a run stops
     # within one step (plus the validation of its last, possibly partial, epoch) of --minutes.
     deadline = time.perf_counter() + (stage.max_minutes - minutes) * 60 if stage.max_minutes else math.inf
-    per_epoch = stage.samples_per_epoch or len(train)
+    per_epoch = epoch_draws(train, stage)
 
     def lr_at(epoch: int, it: int) -> float:
         """The learning rate of step ``it`` of ``epoch``; the budget's progress counts steps, or
@@ -312,6 +312,11 @@ def train_step(model, optimizer, loss_fn, images: torch.Tensor, labels: torch.Te
     return loss
 
 
+def epoch_draws(train: list[Sample], stage: StageConfig) -> int:
+    """Draws in an epoch: ``samples_per_epoch``, or (0) one per kidney sample of ``train``."""
+    return stage.samples_per_epoch or sum(not s.empty for s in train)
+
+
 def draw_order(train: list[Sample], stage: StageConfig, rng: np.random.RandomState) -> np.ndarray:
     """Indices of one epoch's training samples: shuffled passes over the kidney samples of ``train``;
     with ``tumor_fraction`` > 0 that share of the draws (on average) is replaced by kidney samples with
@@ -319,7 +324,7 @@ def draw_order(train: list[Sample], stage: StageConfig, rng: np.random.RandomSta
     then, with ``empty_fraction`` > 0, that share by empty crops (``Sample.empty``), chosen uniformly.
     Without empty crops in ``train`` it draws as if the setting were 0."""
     kidneys = np.flatnonzero([not s.empty for s in train])
-    count = stage.samples_per_epoch or len(kidneys)
+    count = epoch_draws(train, stage)
     passes = -(-count // len(kidneys))
     order = kidneys[np.concatenate([rng.permutation(len(kidneys)) for _ in range(passes)])[:count]]
     with_tumor = np.flatnonzero([s.has_tumor and not s.empty for s in train])
