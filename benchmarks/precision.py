@@ -24,9 +24,9 @@ import numpy as np
 from kidneyseg import io
 from kidneyseg.config import pipeline_from_dict
 from kidneyseg.evaluation import case_scores
-from kidneyseg.inference import TwoStageModel, load_model_dir, segment, supported_precision
+from kidneyseg.inference import TwoStageModel, load_model_dir, segment
 from kidneyseg.postprocess import kidney_boxes
-from kidneyseg.weights import build_model, load_model
+from kidneyseg.weights import build_model, load_model, supported_precision
 
 REGIONS = ("kidney_tumor", "tumor")
 

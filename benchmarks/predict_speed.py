@@ -45,10 +45,10 @@ from kidneyseg import io
 from kidneyseg.allocator import keep_freed_memory
 from kidneyseg.config import preset, to_json
 from kidneyseg.geometry import resize_labels
-from kidneyseg.inference import TwoStageModel, segment, supported_precision
+from kidneyseg.inference import TwoStageModel, segment
 from kidneyseg.preprocess import normalize_ct
 from kidneyseg.synthetic import make_phantom
-from kidneyseg.weights import build_model
+from kidneyseg.weights import build_model, supported_precision
 
 # nnU-Net's KiTS19 3d_fullres plan (Isensee et al.), in this project's (X, Y, Z) axis order.
 PEER_SPACING_MM = (1.62, 1.62, 3.22)

@@ -440,6 +440,27 @@ def test_validation_every_n_epochs_and_after_the_last(phantom_dir, tmp_path):
     assert meta["val_dice"] == max(float(r["val_dice"]) for r in rows[1:])
 
 
+def test_training_without_bf16_support_computes_in_fp32_and_keeps_the_setting(phantom_dir, tmp_path, monkeypatch):
+    """A bf16 stage on a CPU without native bf16 trains and validates in fp32 (emulated bf16 is ~100x slower),
+    with a warning; the run folder keeps bf16, so that a bf16 device resumes or predicts in bf16."""
+    import kidneyseg.training.fit as fit_module
+    from kidneyseg.weights import autocast, load_model
+
+    used = []
+
+    def recording(precision, device):
+        used.append(precision)
+        return autocast(precision, device)
+
+    monkeypatch.setattr(fit_module, "autocast", recording)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    stage = micro_stage("localizer", "epochs=1", "precision=bf16")
+    with pytest.warns(UserWarning, match="no bf16 support; training in fp32"):
+        fit(phantom_dir, tmp_path, stage, preset("tiny").pipeline, progress=False)
+    assert used and set(used) == {"fp32"}  # every training step and the validation
+    assert load_model(tmp_path / "localizer" / "best.safetensors")[1].precision == "bf16"
+
+
 def test_learning_rate_schedules_by_hand():
     from kidneyseg.training.fit import learning_rate
 

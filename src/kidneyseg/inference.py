@@ -31,7 +31,7 @@ from kidneyseg.postprocess import clean_labels, crop_box, cut_faces, hysteresis,
 from kidneyseg.preprocess import clipped_stats
 from kidneyseg.profile import read_profile
 from kidneyseg.stage_input import Source, stage_image
-from kidneyseg.weights import autocast, load_model, run_pipeline
+from kidneyseg.weights import autocast, load_model, run_pipeline, supported_precision
 
 
 @dataclass
@@ -128,30 +128,6 @@ def _load_onnx_dir(model_dir: Path, device: str, precision: str | None, override
     loc, seg = (OnnxNetwork(path) for path in networks)
     loc_cfg, seg_cfg = (replace(stage_from_dict(net.stage_dict), precision="fp32") for net in (loc, seg))
     return TwoStageModel(loc, loc_cfg, seg, seg_cfg, pipeline, "cpu", read_profile(model_dir))
-
-
-def supported_precision(precision: str | None, device: str) -> str | None:
-    """``precision`` if the device runs it, else fp32 with a warning: bf16 on a CPU or GPU without bf16
-    support (oneDNN would emulate it, several times slower than fp32), fp16 on a CPU (emulated)."""
-    if precision not in (None, "fp32", "bf16", "fp16"):
-        raise UsageError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
-    if precision is None or precision == "fp32":
-        return precision
-    kind = torch.device(device).type
-    if precision == "fp16" and kind == "cpu":
-        warnings.warn("fp16 is for GPUs; predicting in fp32 on this CPU (bf16 is the CPU option)", stacklevel=3)
-        return "fp32"
-    if precision == "bf16" and not bf16_supported(device):
-        warnings.warn(f"this {'CPU' if kind == 'cpu' else 'GPU'} has no bf16 support; predicting in fp32", stacklevel=3)
-        return "fp32"
-    return precision
-
-
-def bf16_supported(device: str) -> bool:
-    """Whether the device runs bf16 natively (a CPU with AVX512-BF16/AMX, a GPU from Ampere on)."""
-    if torch.device(device).type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _check_stages_agree(model_dir: Path, pipeline: PipelineConfig) -> None:

@@ -10,7 +10,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from kidneyseg.training.checkpoint import load_state
 from kidneyseg.training.data import Draws, keep_items, load_sample
 from kidneyseg.training.losses import make_loss
 from kidneyseg.training.run_folder import prepare_run_dir, rng_state, save_epoch, set_rng
-from kidneyseg.weights import autocast, build_model
+from kidneyseg.weights import autocast, build_model, supported_precision
 
 CURVES_EVERY = 10  # epochs between redraws of curves.png (log.csv is written every epoch)
 
@@ -61,6 +61,10 @@ def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineC
     ranks, device = distributed.setup(device)
     workers = default_workers(device) if workers is None else workers
     _check_device(stage, device, workers)
+    # The settings' precision is a request, as in prediction: a device without bf16 trains in fp32, with a
+    # warning (emulated bf16 is 100x slower on such a CPU: kidneyseg.weights.supported_precision). The run
+    # folder keeps the settings as given, so that a resume or a prediction on a bf16 device uses bf16.
+    computed = replace(stage, precision=supported_precision(stage.precision, device, "training"))
     run_dir = Path(model_dir) / stage.stage
     cases = io.layout.kits_cases(data_dir)
     if ranks.main:  # the run folder and the cache first, then the other ranks read them
@@ -105,14 +109,14 @@ def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineC
             progress = max(progress, 1 - (deadline - time.perf_counter()) / (60 * stage.max_minutes))
         return learning_rate(stage, epoch, step, min(progress, 1.0))
 
-    step = Step(model, optimizer, loss_fn, scaler, stage, device, ranks, workers)
+    step = Step(model, optimizer, loss_fn, scaler, computed, device, ranks, workers)
     while epoch < stage.epochs and not distributed.any_rank(time.perf_counter() >= deadline, ranks, device):
         start = time.perf_counter()
         train_loss, drawn, waited = _train_epoch(step, train, epoch, deadline, lr_at)
         train_seconds = time.perf_counter() - start
         epoch += 1
         last = epoch >= stage.epochs or distributed.any_rank(time.perf_counter() >= deadline, ranks, device)
-        scores = validate(net, val, stage, device, ranks) if last or epoch % stage.val_every == 0 else {}
+        scores = validate(net, val, computed, device, ranks) if last or epoch % stage.val_every == 0 else {}
         minutes += (time.perf_counter() - start) / 60
         log.append({"epoch": epoch, "train_loss": train_loss, **scores, "lr": optimizer.param_groups[0]["lr"],
                     "minutes": minutes, "samples": drawn, "step_s": train_seconds / max(drawn, 1),
@@ -140,8 +144,6 @@ def _check_device(stage: StageConfig, device: str, workers: int) -> None:
     kind = torch.device(device).type
     if stage.precision == "fp16" and kind != "cuda":
         raise UsageError("precision fp16 (with a gradient scaler) is for CUDA GPUs; on a CPU use bf16 or fp32")
-    if stage.precision == "bf16" and kind == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UsageError("this GPU has no bf16 support; train with --set precision=fp16 or fp32")
 
 
 def _parallel(net: torch.nn.Module, ranks: distributed.Ranks, device: str, compile: bool) -> torch.nn.Module:
