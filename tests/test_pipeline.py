@@ -246,6 +246,22 @@ def test_prediction_precision_overrides_the_trained_one(trained_model, monkeypat
         assert fallback.segmenter_config.precision == "fp32"
 
 
+def test_a_model_put_together_by_hand_also_falls_back_to_fp32_without_bf16(monkeypatch):
+    """TwoStageModel itself picks a precision the device has, so that benchmarks and library users who build
+    one from weights files never run emulated bf16 (100x slower than fp32 on an AVX2 CPU)."""
+    from kidneyseg.weights import build_model
+
+    tiny = preset("tiny")
+    stages = [replace(tiny.stage(name), precision="bf16") for name in ("localizer", "segmenter")]
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.warns(UserWarning, match="no bf16 support; predicting in fp32"):
+        model = TwoStageModel(build_model(stages[0]), stages[0], build_model(stages[1]), stages[1], tiny.pipeline)
+    assert model.localizer_config.precision == model.segmenter_config.precision == "fp32"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    model = TwoStageModel(build_model(stages[0]), stages[0], build_model(stages[1]), stages[1], tiny.pipeline)
+    assert model.segmenter_config.precision == "bf16"
+
+
 def test_prediction_never_imports_the_training_package():
     """Layers point one way: inference, folder prediction and export use kidneyseg.weights, not training."""
     import subprocess

@@ -47,6 +47,11 @@ class TwoStageModel:
     data_profile: dict | None = None  # the training data's ranges (kidneyseg.profile), None if not recorded
 
     def __post_init__(self) -> None:
+        # Each stage runs in a precision the device has, however the model was put together (load_model_dir,
+        # benchmarks, tests): a stage trained in bf16 runs in fp32, with a warning, on a device without bf16.
+        self.localizer_config, self.segmenter_config = (
+            replace(cfg, precision=supported_precision(cfg.precision, self.device))
+            for cfg in (self.localizer_config, self.segmenter_config))
         if isinstance(self.localizer, torch.nn.Module):  # PyTorch (not an ONNX Runtime session)
             self.localizer = place(self.localizer, self.device)  # on the device, channels-last
         if isinstance(self.segmenter, torch.nn.Module):
@@ -101,9 +106,12 @@ def load_model_dir(model_dir: str | Path, device: str = "cpu", precision: str | 
         if cfg.network.num_classes != classes:
             raise ModelFileError(f"expected a {classes}-class {path.name}, found {cfg.network.num_classes} classes",
                                  path)
-    # Each stage runs in ``precision`` if given, else in its own (a GPU-trained fp16 stage on a CPU: fp32).
-    loc_cfg, seg_cfg = (replace(cfg, precision=supported_precision(precision or cfg.precision, device))
-                        for cfg in (loc_cfg, seg_cfg))
+    # Each stage runs in ``precision`` if given, else in its own; TwoStageModel falls back to fp32 where the
+    # device lacks it (a GPU-trained fp16 stage on a CPU, bf16 on a CPU without it).
+    if precision is not None:
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise UsageError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+        loc_cfg, seg_cfg = (replace(cfg, precision=precision) for cfg in (loc_cfg, seg_cfg))
     if torch.device(device).type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels once
     return TwoStageModel(loc, loc_cfg, seg, seg_cfg, pipeline, device, read_profile(model_dir))
