@@ -78,7 +78,8 @@ class StageConfig:
     tumor_weight: Literal["uniform", "volume"] = "uniform"
     # stage 2: share of training draws (on average) that are crops beside the kidneys rather than on them: a box of a
     # kidney's size centred in the body next to them, labelled with whatever it holds (mostly nothing), as a false
-    # box of the localizer would give the segmenter (kidneyseg.training.cache.empty_boxes). 0: never (the paper)
+    # box of the localizer would give the segmenter (kidneyseg.training.cache.empty_boxes). 0: never (the paper;
+    # 0.1 for 480 steps did not teach stage 2 to leave such boxes empty: README, benchmarks/false_boxes.py)
     empty_fraction: float = 0.0
     intensity_prob: float = 0.0  # chance of each intensity augmentation (shift, scale, noise, blur) per sample
     # chance of each texture augmentation per sample, as nnU-Net's: a gamma curve (0.7-1.5, mean and SD kept) and a
