@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
 
 from kidneyseg.model import InstanceNorm, IsenseeUNet, count_parameters, place
+from kidneyseg.weights import autocast, supported_precision
 
 
 def _small(**kwargs: object) -> IsenseeUNet:
@@ -227,15 +230,29 @@ def test_instance_norm_equals_torch_instance_norm(channels_last: bool) -> None:
 
 
 def test_network_keeps_channels_last_bf16_activations() -> None:
-    """In prediction under bf16 autocast every norm of a channels-last network gets and returns
-    channels-last bf16 tensors (torch's instance norm returns channels-first ones, which the next conv
-    copies back)."""
+    """In prediction every norm returns its channels-last input channels-last, in the precision prediction
+    runs on this CPU (bf16 where native, else fp32), where torch's instance norm returns channels-first tensors
+    that the next conv copies back. Where the convolutions themselves return channels-last tensors (oneDNN on
+    CPUs with native bf16; AVX2-only CPUs return channels-first ones), every norm of a channels-last network
+    gets and returns them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback's warning
+        precision = supported_precision("bf16", "cpu")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    norm = InstanceNorm(6, affine=True).eval()
+    x = torch.randn(2, 6, 5, 6, 7).to(dtype).contiguous(memory_format=torch.channels_last_3d)
+    with torch.inference_mode(), autocast(precision, "cpu"):
+        out = norm(x)
+    assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last_3d)
+    with torch.inference_mode():
+        assert not nn.InstanceNorm3d(6, affine=True).eval()(x).is_contiguous(memory_format=torch.channels_last_3d)
     model = place(_small(levels=3), "cpu").eval()
     seen = []
     for module in model.modules():
         if isinstance(module, InstanceNorm):
             module.register_forward_hook(lambda m, inp, out: seen.append(
-                (inp[0].dtype, out.dtype, out.is_contiguous(memory_format=torch.channels_last_3d))))
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                (inp[0].dtype, out.dtype, inp[0].is_contiguous(memory_format=torch.channels_last_3d),
+                 out.is_contiguous(memory_format=torch.channels_last_3d))))
+    with torch.inference_mode(), autocast(precision, "cpu"):
         model(_input().contiguous(memory_format=torch.channels_last_3d))
-    assert seen and set(seen) == {(torch.bfloat16, torch.bfloat16, True)}
+    assert seen and all(d_in == d_out == dtype and cl_in == cl_out for d_in, d_out, cl_in, cl_out in seen)
