@@ -26,7 +26,7 @@ from kidneyseg.config import pipeline_from_dict
 from kidneyseg.evaluation import case_scores
 from kidneyseg.inference import TwoStageModel, load_model_dir, segment
 from kidneyseg.postprocess import kidney_boxes
-from kidneyseg.weights import build_model, load_model, supported_precision
+from kidneyseg.weights import build_model, load_model
 
 REGIONS = ("kidney_tumor", "tumor")
 
@@ -35,7 +35,7 @@ def oracle_model(model_dir: Path, precision: str) -> TwoStageModel:
     """The segmenter of ``model_dir`` with an unused localizer (boxes come from the truth)."""
     seg, seg_cfg, _ = load_model(model_dir / "segmenter" / "best.safetensors")
     pipeline = pipeline_from_dict(json.loads((model_dir / "pipeline.json").read_text()))
-    seg_cfg = replace(seg_cfg, precision=supported_precision(precision, "cpu"))
+    seg_cfg = replace(seg_cfg, precision=precision)  # TwoStageModel falls back to fp32 where bf16 is missing
     loc_cfg = replace(seg_cfg, stage="localizer")
     return TwoStageModel(build_model(loc_cfg), loc_cfg, seg, seg_cfg, pipeline)
 

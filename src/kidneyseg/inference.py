@@ -31,7 +31,7 @@ from kidneyseg.postprocess import clean_labels, crop_box, cut_faces, hysteresis,
 from kidneyseg.preprocess import clipped_stats
 from kidneyseg.profile import read_profile
 from kidneyseg.stage_input import Source, stage_image
-from kidneyseg.weights import autocast, load_model, run_pipeline, supported_precision
+from kidneyseg.weights import autocast, check_precision, load_model, run_pipeline, supported_precision
 
 
 @dataclass
@@ -109,8 +109,7 @@ def load_model_dir(model_dir: str | Path, device: str = "cpu", precision: str | 
     # Each stage runs in ``precision`` if given, else in its own; TwoStageModel falls back to fp32 where the
     # device lacks it (a GPU-trained fp16 stage on a CPU, bf16 on a CPU without it).
     if precision is not None:
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise UsageError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+        check_precision(precision)
         loc_cfg, seg_cfg = (replace(cfg, precision=precision) for cfg in (loc_cfg, seg_cfg))
     if torch.device(device).type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels once
