@@ -120,6 +120,36 @@ def test_two_ranks_resume_exactly(phantom_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+_THREADS_AFTER_FIT = """
+import os, sys
+sys.path.insert(0, {tests!r})
+from conftest import micro_stage
+from kidneyseg.config import preset
+from kidneyseg.training.fit import fit
+fit({data!r}, {out!r}, micro_stage("segmenter", "epochs=1", "precision=fp32"), preset("tiny").pipeline,
+    progress=False, workers=0)
+task = f"/proc/{{os.getpid()}}/task"
+print("threads:", sorted(open(f"{{task}}/{{t}}/comm").read().strip() for t in os.listdir(task)))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from Linux's /proc")
+def test_two_ranks_end_with_the_process_group_torn_down(phantom_dir, tmp_path):
+    """After a two-rank run returns, no gloo thread runs in either process. With DistributedDataParallel
+    (torch 2.13) they ran on to the process's exit, which then aborted now and then ("terminate called
+    without an active exception"), failing a finished run."""
+    script = tmp_path / "run.py"
+    script.write_text(_THREADS_AFTER_FIT.format(tests=str(Path(__file__).parent), data=str(phantom_dir),
+                                                out=str(tmp_path / "out")))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           f"--master_port={_free_port()}", str(script)], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("threads:")]
+    assert len(lines) == 2, proc.stdout
+    assert all("gloo" not in line for line in lines), lines
+
+
 def _rank_pid(parent: int, rank: str) -> int | None:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -53,7 +52,7 @@ def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineC
     ``workers``: processes preparing the inputs and building the cache (None: ``default_workers(device)``;
     0: this process);
     the weights do not depend on it. ``compile``: run the network through ``torch.compile``. Under
-    torchrun each process is one rank of a DistributedDataParallel run (kidneyseg.training.distributed);
+    torchrun each process is one rank of a data-parallel run (kidneyseg.training.distributed);
     rank 0 writes the run folder. The process's malloc keeps freed memory for reuse from then on
     (kidneyseg.allocator), and so do the input workers it forks.
     """
@@ -109,7 +108,7 @@ def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineC
             progress = max(progress, 1 - (deadline - time.perf_counter()) / (60 * stage.max_minutes))
         return learning_rate(stage, epoch, step, min(progress, 1.0))
 
-    step = Step(model, optimizer, loss_fn, scaler, computed, device, ranks, workers)
+    step = Step(model, net, optimizer, loss_fn, scaler, computed, device, ranks, workers)
     while epoch < stage.epochs and not distributed.any_rank(time.perf_counter() >= deadline, ranks, device):
         start = time.perf_counter()
         train_loss, drawn, waited = _train_epoch(step, train, epoch, deadline, lr_at)
@@ -147,16 +146,11 @@ def _check_device(stage: StageConfig, device: str, workers: int) -> None:
 
 
 def _parallel(net: torch.nn.Module, ranks: distributed.Ranks, device: str, compile: bool) -> torch.nn.Module:
-    """The module the training steps call: ``net`` itself, compiled with ``compile``, wrapped in
-    DistributedDataParallel under torchrun (``net`` stays the plain module that is saved)."""
-    model = net
-    if ranks.world > 1:
-        ids = [torch.device(device).index] if torch.device(device).type == "cuda" else None
-        # The 1x1x1 convolutions' weights have ambiguous channels-last strides; DDP warns that their
-        # gradients' strides differ from its buckets' (a copy of a few hundred numbers, no error).
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
-    return torch.compile(model) if compile else model
+    """The module the training steps call: ``net`` itself, or compiled with ``compile`` (``net`` stays
+    the plain module that is saved). Under torchrun every rank starts from rank 0's weights; the steps
+    average the gradients over the ranks (kidneyseg.training.distributed)."""
+    distributed.broadcast_parameters(net, ranks)
+    return torch.compile(net) if compile else net
 
 
 def default_workers(device: str) -> int:
@@ -186,6 +180,7 @@ class Step:
     """What one training step needs besides its batch."""
 
     model: torch.nn.Module
+    net: torch.nn.Module  # the plain module (``model`` may be its compiled form): its gradients are averaged
     optimizer: torch.optim.Optimizer
     loss_fn: object
     scaler: torch.amp.GradScaler | None
@@ -231,15 +226,10 @@ def _train_epoch(step: Step, train: list[Sample], epoch: int, deadline: float, l
             group["lr"] = lr_at(epoch, s * global_batch)
         images = torch.stack([p[0] for p in items]).to(device, non_blocking=True)
         labels = torch.stack([p[1] for p in items]).to(device, non_blocking=True)
-        try:
-            loss = train_step(step.model, step.optimizer, step.loss_fn, images, labels, stage.precision, device,
-                              stage.deep_supervision_loss, step.scaler,
-                              lambda bad: distributed.any_rank(bad, ranks, device))
-        except RuntimeError as exc:
-            if ranks.world == 1:
-                raise
-            # DistributedDataParallel's gradient exchange runs inside backward: a rank that died shows here.
-            raise distributed.stopped_error(exc) from exc
+        loss = train_step(step.model, step.optimizer, step.loss_fn, images, labels, stage.precision, device,
+                          stage.deep_supervision_loss, step.scaler,
+                          lambda bad: distributed.any_rank(bad, ranks, device),
+                          lambda: distributed.average_gradients(step.net, ranks))
         if not torch.isfinite(loss):
             names = ", ".join(train[order[k]].case_id for k in draws)
             raise TrainingDivergedError(f"loss became {loss.item()} at epoch {epoch + 1}, iteration {s + 1} "
@@ -288,11 +278,12 @@ def learning_rate(stage: StageConfig, epoch: int, step: int, progress: float) ->
 
 def train_step(model, optimizer, loss_fn, images: torch.Tensor, labels: torch.Tensor, precision: str,
                device: str, all_scales: bool = False, scaler: torch.amp.GradScaler | None = None,
-               any_bad=None) -> torch.Tensor:
+               any_bad=None, average=None) -> torch.Tensor:
     """One optimiser step on a batch: forward (autocast per ``precision``; logits at every scale with
     ``all_scales``), loss, and, only when the loss is finite, backward and update (through
     ``scaler`` for fp16). ``any_bad(flag)`` tells whether any rank's loss is not finite, so that all
-    ranks skip together. Returns the loss; a non-finite one changed nothing."""
+    ranks skip together; ``average()``, called between backward and update, averages the gradients
+    over the ranks. Returns the loss; a non-finite one changed nothing."""
     optimizer.zero_grad(set_to_none=True)
     with autocast(precision, device):
         logits = model(images, all_scales=all_scales)
@@ -304,9 +295,13 @@ def train_step(model, optimizer, loss_fn, images: torch.Tensor, labels: torch.Te
     if not bad:
         if scaler is None:
             loss.backward()
+            if average is not None:
+                average()
             optimizer.step()
         else:
             scaler.scale(loss).backward()
+            if average is not None:
+                average()  # of the scaled gradients: every rank's scale is the same
             scaler.step(optimizer)
             scaler.update()
     elif bool(torch.isfinite(loss)):

@@ -7,8 +7,8 @@
   tumour), soft Dice of the regions weighted by ``class_weights[1:]`` plus binary cross-entropy, as
   nnU-Net trains KiTS21 (it weights the regions equally: ``class_weights=0,1,1``).
 
-Every term is per sample, averaged over the batch, so that a batch split across DistributedDataParallel
-ranks (each rank's mean, averaged) trains as on one device: Dice per sample; cross-entropy each
+Every term is per sample, averaged over the batch, so that a batch split across training
+ranks (each rank's mean, gradients averaged) trains as on one device: Dice per sample; cross-entropy each
 sample's (weighted) mean over its voxels. Samples of one batch have the same size, so the unweighted
 cross-entropy is also the mean over all voxels of the batch; the class-weighted one is not (torch's
 weighted mean divides by the weights of the whole batch's targets).
@@ -39,7 +39,7 @@ def weighted_dice_loss(class_weights: tuple[float, ...]) -> Callable[[torch.Tens
     term and ``reduction="sum"`` adds them, so with weights summing to 1 (as the paper's
     (0.01, 0.99) and (0.01, 0.14, 0.85) do) this is exactly 1 - sum_c w_c * Dice_c per sample; the
     sum over the batch is divided by its size. Per sample rather than pooled over the batch: a batch
-    split across GPUs (each rank's mean, averaged by DistributedDataParallel) then has the same loss
+    split across GPUs (each rank's mean, gradients averaged over the ranks) then has the same loss
     and gradients as on one device. The paper trains with batch 1, where both are the same.
     """
     dice = DiceLoss(to_onehot_y=True, softmax=True, weight=_normalised(class_weights), reduction="sum", batch=False)
