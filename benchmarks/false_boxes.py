@@ -16,6 +16,13 @@ tumour Dice with the true boxes alone and with the false ones added, the mean vo
 boxes outside the true kidneys and tumours, and the share of false boxes with more than 1 mL so labelled.
 These boxes lie next to the kidneys; a localizer's false boxes can lie anywhere it mistakes for kidney
 (benchmarks/box_refinement.py measures a real localizer's). Results go to WORK/recipe/false-boxes-RUN[-N].json.
+
+Whether a box could be told false from what stage 2 labels in it: each box, true and false, is also segmented
+alone (``segment(..., boxes=[box])``) and described by what prediction could see there: the labelled volume
+(mL), the share of the box labelled, the largest connected region's share of the labels, the number of
+labelled regions over 1 mL, and the faces of the box its labels run into (``postprocess.cut_faces``, the
+refinement's rule). For each such feature it prints the threshold that drops the most false boxes while
+dropping no true box, over both renderers.
 """
 
 from __future__ import annotations
@@ -28,11 +35,12 @@ import numpy as np
 import torch
 from confusion import segmenter_only
 from recipe import RENDERERS
+from scipy import ndimage
 
 from kidneyseg import io
 from kidneyseg.evaluation import case_scores
-from kidneyseg.inference import segment
-from kidneyseg.postprocess import kidney_boxes
+from kidneyseg.inference import CUT_AREA_MM2, segment
+from kidneyseg.postprocess import cut_faces, kidney_boxes
 from kidneyseg.training.cache import EMPTY_CROPS, empty_boxes
 
 HERE = Path(__file__).resolve().parent
@@ -55,7 +63,45 @@ def score_case(case_id: str, image: io.Volume, truth: io.Volume, model, count: i
         wrong.append(float(np.count_nonzero((labels[where] > 0) & (truth.array[where] == 0))) * voxel_ml)
     return {"true_boxes": {r: alone[r] for r in ("kidney_tumor", "tumor")},
             "with_false_boxes": {r: added[r] for r in ("kidney_tumor", "tumor")},
-            "false_boxes": len(false), "false_ml": wrong}
+            "false_boxes": len(false), "false_ml": wrong, "boxes": box_features(image, model, true, false)}
+
+
+FEATURES = ("ml", "fill", "largest_share", "regions", "cut_faces")
+
+
+def box_features(image: io.Volume, model, true: list, false: list) -> list[dict]:
+    """Each box segmented alone, described by what prediction sees of its labels (the module's docstring)."""
+    voxel_ml = float(np.prod(image.spacing_mm)) / 1000
+    out = []
+    for is_true, box in [(True, b) for b in true] + [(False, b) for b in false]:
+        seg = segment(image, model, boxes=[box])
+        inner = seg.boxes[0].inside(seg.labels.shape)  # the box after the pipeline's refinement, if any
+        patch = seg.labels[tuple(slice(lo, hi) for lo, hi in zip(inner.lo, inner.hi, strict=True))] > 0
+        regions, count = ndimage.label(patch)
+        sizes = np.bincount(regions.ravel())[1:]  # voxels per region
+        out.append({"true": is_true, "ml": float(sizes.sum()) * voxel_ml, "fill": float(patch.mean()),
+                    "largest_share": float(sizes.max() / sizes.sum()) if count else 0.0,
+                    "regions": int(np.count_nonzero(sizes * voxel_ml > FALSE_LABEL_ML)),
+                    "cut_faces": len(cut_faces(patch, inner, seg.labels.shape, image.spacing_mm, CUT_AREA_MM2))})
+    return out
+
+
+def separation(per_renderer: dict) -> list[str]:
+    """Per feature: the threshold (above or below) that drops the most false boxes and no true box."""
+    boxes = [b for cases in per_renderer.values() for case in cases.values() for b in case.get("boxes", [])]
+    true = {f: np.array([b[f] for b in boxes if b["true"]]) for f in FEATURES}
+    false = {f: np.array([b[f] for b in boxes if not b["true"]]) for f in FEATURES}
+    if not boxes:
+        return []
+    lines = [f"{len(true['ml'])} true boxes, {len(false['ml'])} false boxes"]
+    for f in FEATURES:
+        above = float(np.mean(false[f] > true[f].max()))  # drop a box whose value exceeds every true box's
+        below = float(np.mean(false[f] < true[f].min()))
+        lines.append(f"  {f}: true {np.percentile(true[f], 5):.3g}-{np.percentile(true[f], 95):.3g} (5-95 %), "
+                     f"false {np.percentile(false[f], 5):.3g}-{np.percentile(false[f], 95):.3g}; "
+                     f"dropped with no true box lost: {above:.0%} above {true[f].max():.3g}, "
+                     f"{below:.0%} below {true[f].min():.3g}")
+    return lines
 
 
 def summary(per_case: dict) -> dict:
@@ -80,24 +126,32 @@ def main(argv: list[str] | None = None) -> int:
     for run in args.runs:
         suffix = f"-{args.cases}" if args.cases else ""
         out = args.work / "recipe" / f"false-boxes-{run.name}{suffix}.json"
-        if out.exists():
-            results = json.loads(out.read_text())
-        else:
-            model = segmenter_only(run)
-            scored = run.parent / f"{run.name}.json"  # recipe.py's scores of this run on the true boxes
-            known = json.loads(scored.read_text())["per_case"] if scored.exists() else {}
-            results = {}
-            for folder in RENDERERS:
-                results[folder] = {}
-                for case in io.layout.kits_cases(args.work / folder)[: args.cases or None]:
-                    image, truth = io.load_case(case)
+        results = json.loads(out.read_text()) if out.exists() else {}
+        model, known = None, None
+        for folder in RENDERERS:
+            results.setdefault(folder, {})
+            for case in io.layout.kits_cases(args.work / folder)[: args.cases or None]:
+                done = results[folder].get(case.case_id)
+                if done and "boxes" in done:
+                    continue
+                if model is None:
+                    model = segmenter_only(run)
+                    scored = run.parent / f"{run.name}.json"  # recipe.py's scores of this run on the true boxes
+                    known = json.loads(scored.read_text())["per_case"] if scored.exists() else {}
+                image, truth = io.load_case(case)
+                if done:  # scored before the box features were measured: add them
+                    true = kidney_boxes(truth.array > 0, model.pipeline, image.spacing_mm)
+                    done["boxes"] = box_features(image, model, true, empty_boxes(image.array, true, case.case_id,
+                                                                                 args.boxes))
+                else:
                     results[folder][case.case_id] = score_case(case.case_id, image, truth, model, args.boxes,
                                                                known.get(folder, {}).get(case.case_id))
-            out.write_text(json.dumps(results, indent=1))
+                io.atomic_write_text(out, json.dumps(results, indent=1))  # after each case: a rerun goes on from here
         for folder, renderer in RENDERERS.items():
             numbers = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                 for k, v in summary(results[folder]).items())
             print(f"{run.name}, {renderer}: {numbers}")
+        print("\n".join(separation(results)))
     return 0
 
 

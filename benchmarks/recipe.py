@@ -91,6 +91,7 @@ ROWS = {
     "Dice + CE, HU [-79, 304], phase 0.6, dimmer kidney": ["pipeline.hu_min=-79", "pipeline.hu_max=304",
                                                            "phase_prob=0.6", "phase_offset=-0.6,0.3"],
     "Dice + CE, HU [-79, 304], empty crops 0.1": ["pipeline.hu_min=-79", "pipeline.hu_max=304", "empty_fraction=0.1"],
+    "Dice + CE, HU [-79, 304], empty crops 0.3": ["pipeline.hu_min=-79", "pipeline.hu_max=304", "empty_fraction=0.3"],
 }
 # Each localizer row: the settings it changes from the small preset's localizer.
 LOCALIZER_ROWS = {
