@@ -236,8 +236,7 @@ def box_recall(truth: np.ndarray, boxes) -> float:
     """Share of true kidney+tumour voxels inside the union of the predicted boxes."""
     inside = np.zeros(truth.shape, bool)
     for box in boxes:
-        inner = box.inside(truth.shape)
-        inside[tuple(slice(lo, hi) for lo, hi in zip(inner.lo, inner.hi))] = True
+        inside[box.inside(truth.shape).slices] = True
     total = np.count_nonzero(truth)
     return float(np.count_nonzero(truth & inside) / total) if total else 1.0
 

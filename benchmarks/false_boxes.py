@@ -58,8 +58,7 @@ def score_case(case_id: str, image: io.Volume, truth: io.Volume, model, count: i
     voxel_ml = float(np.prod(image.spacing_mm)) / 1000
     wrong = []
     for box in false:
-        inner = box.inside(labels.shape)
-        where = tuple(slice(lo, hi) for lo, hi in zip(inner.lo, inner.hi, strict=True))
+        where = box.inside(labels.shape).slices
         wrong.append(float(np.count_nonzero((labels[where] > 0) & (truth.array[where] == 0))) * voxel_ml)
     return {"true_boxes": {r: alone[r] for r in ("kidney_tumor", "tumor")},
             "with_false_boxes": {r: added[r] for r in ("kidney_tumor", "tumor")},
@@ -76,7 +75,7 @@ def box_features(image: io.Volume, model, true: list, false: list) -> list[dict]
     for is_true, box in [(True, b) for b in true] + [(False, b) for b in false]:
         seg = segment(image, model, boxes=[box])
         inner = seg.boxes[0].inside(seg.labels.shape)  # the box after the pipeline's refinement, if any
-        patch = seg.labels[tuple(slice(lo, hi) for lo, hi in zip(inner.lo, inner.hi, strict=True))] > 0
+        patch = seg.labels[inner.slices] > 0
         regions, count = ndimage.label(patch)
         sizes = np.bincount(regions.ravel())[1:]  # voxels per region
         out.append({"true": is_true, "ml": float(sizes.sum()) * voxel_ml, "fill": float(patch.mean()),

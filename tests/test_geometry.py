@@ -56,7 +56,7 @@ def test_crop_uncrop_inverse_at_edges(box):
     assert patch.shape == box.size_vox
     inner = box.inside(vol.shape)
     restored = uncrop(patch, box, vol.shape, fill=0)
-    region = tuple(slice(lo, hi) for lo, hi in zip(inner.lo, inner.hi))
+    region = tuple(slice(lo, hi) for lo, hi in zip(inner.lo, inner.hi, strict=True))  # by hand, not Box.slices
     assert np.array_equal(restored[region], vol[region])
     assert np.count_nonzero(restored) == np.count_nonzero(vol[region])
     assert np.count_nonzero(patch == -1) == patch.size - np.prod(inner.size_vox)

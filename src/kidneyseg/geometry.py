@@ -38,6 +38,12 @@ class Box:
         hi = tuple(min(h, n) for h, n in zip(self.hi, shape, strict=True))
         return Box(lo, hi)
 
+    @property
+    def slices(self) -> tuple[slice, slice, slice]:
+        """The box as array indices, for a box that lies inside the array (see ``inside``): a negative
+        ``lo`` would count from the array's end."""
+        return tuple(slice(lo, hi) for lo, hi in zip(self.lo, self.hi, strict=True))
+
     def shifted(self, offset: Shape3) -> Box:
         """The box moved by ``offset`` voxels per axis."""
         return Box(tuple(lo + o for lo, o in zip(self.lo, offset, strict=True)),
@@ -71,13 +77,17 @@ def expand_box(box: Box, margin_vox: int | Shape3, min_size_vox: int | Shape3, s
     return Box(tuple(int(v) for v in new_lo), tuple(int(v) for v in new_lo + size))
 
 
+def _within(inner: Box, box: Box) -> tuple[slice, slice, slice]:
+    """``inner`` (a part of ``box``) as indices into a box-sized array."""
+    return inner.shifted(tuple(-v for v in box.lo)).slices
+
+
 def crop(array: np.ndarray, box: Box, pad_value: float = 0) -> np.ndarray:
     """Copy of ``array[..., box]`` of shape (..., *box.size_vox), padded with ``pad_value`` outside."""
     spatial = array.shape[-3:]
     inner = box.inside(spatial)
     out = np.full(array.shape[:-3] + box.size_vox, pad_value, dtype=array.dtype)
-    src = tuple(slice(lo, hi) for lo, hi in zip(inner.lo, inner.hi, strict=True))
-    dst = tuple(slice(lo - blo, hi - blo) for lo, hi, blo in zip(inner.lo, inner.hi, box.lo, strict=True))
+    src, dst = inner.slices, _within(inner, box)
     out[(..., *dst)] = array[(..., *src)]
     return out
 
@@ -86,8 +96,7 @@ def paste_max(target: np.ndarray, patch: np.ndarray, box: Box) -> np.ndarray:
     """Paste ``patch`` (box-sized) into ``target`` in place, keeping the larger label where
     boxes overlap (tumour 2 over kidney 1 over background 0). The padded overhang is dropped."""
     inner = box.inside(target.shape[-3:])
-    dst = tuple(slice(lo, hi) for lo, hi in zip(inner.lo, inner.hi, strict=True))
-    src = tuple(slice(lo - blo, hi - blo) for lo, hi, blo in zip(inner.lo, inner.hi, box.lo, strict=True))
+    dst, src = inner.slices, _within(inner, box)
     np.maximum(target[(..., *dst)], patch[(..., *src)], out=target[(..., *dst)])
     return target
 
@@ -96,8 +105,7 @@ def uncrop(patch: np.ndarray, box: Box, shape: Shape3, fill: float = 0) -> np.nd
     """Inverse of ``crop``: a full (..., *shape) array holding ``patch`` at ``box`` and ``fill`` elsewhere."""
     out = np.full(patch.shape[:-3] + tuple(shape), fill, dtype=patch.dtype)
     inner = box.inside(shape)
-    dst = tuple(slice(lo, hi) for lo, hi in zip(inner.lo, inner.hi, strict=True))
-    src = tuple(slice(lo - blo, hi - blo) for lo, hi, blo in zip(inner.lo, inner.hi, box.lo, strict=True))
+    dst, src = inner.slices, _within(inner, box)
     out[(..., *dst)] = patch[(..., *src)]
     return out
 

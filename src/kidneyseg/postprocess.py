@@ -36,7 +36,7 @@ def _large_components(mask: np.ndarray, min_fraction: float) -> tuple[tuple[slic
     if not mask.any():
         return None
     region = bounding_box(mask)
-    window = tuple(slice(lo, hi) for lo, hi in zip(region.lo, region.hi, strict=True))
+    window = region.slices
     local = cc3d.connected_components(mask[window].astype(bool, copy=False), connectivity=26)
     stats = cc3d.statistics(local)
     sizes = np.asarray(stats["voxel_counts"])[1:]
