@@ -341,3 +341,32 @@ def test_cut_faces_ignores_faces_at_the_edge_of_the_ct_and_small_touches():
     assert cut_faces(labels, inside, (40, 10, 10), (1.0, 1.0, 1.0), 17.0) == []  # 16 mm² is less than the minimum
     assert cut_faces(labels, inside, (40, 10, 10), (1.0, 2.0, 1.0), 17.0) == [(0, 0), (0, 1)]  # 32 mm² with 2 mm voxels
     assert widen(inside, [(0, 0), (0, 1)], (40, 10, 10)) == Box((0, 0, 0), (20, 10, 10))  # 5 voxels, not past 0
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_a_box_whose_labels_run_into_its_faces_is_dropped_only_when_asked(drop):
+    """The bright-block CT of ``_refine_case`` through ``segment``: a box that ends inside the block (its labels
+    cover the face at X 50) is dropped with a warning under ``drop_open_boxes``, kept without it; the block's
+    own box (labels inside, with their margin) is kept either way; refined first, the cut box grows to the
+    whole block and is kept."""
+    from kidneyseg.geometry import Box
+
+    ct = np.full((100, 60, 40), -100, np.int16)
+    ct[20:80, 20:40, 10:30] = 200
+    volume = io.ct_from_array(ct, np.eye(4))
+    pipeline = dict(margin_mm=0.0, min_box_mm=0.0, margin_vox=2, min_box_vox=1, tta_flips=False,
+                    resize_probabilities=False, drop_open_boxes=drop)
+    model = replace(_ramp_model(**pipeline), segmenter=_Bright())
+    cut, whole = Box((18, 18, 8), (50, 42, 32)), Box((18, 18, 8), (82, 42, 32))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = segment(volume, model, boxes=[cut])
+    dropped = [w for w in caught if "drop_open_boxes" in str(w.message)]
+    if drop:
+        assert result.boxes == [] and result.labels.sum() == 0
+        assert len(dropped) == 1 and str(dropped[0].message).startswith(f"{volume.name}: dropped the box (18, 18, 8)")
+    else:
+        assert result.boxes == [cut] and np.all(result.labels[20:50, 20:40, 10:30] == 1) and not dropped
+    assert segment(volume, model, boxes=[whole]).boxes == [whole]
+    refined = replace(model, pipeline=replace(model.pipeline, refine_boxes=2))
+    assert segment(volume, refined, boxes=[cut]).boxes == [whole]

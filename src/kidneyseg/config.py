@@ -177,6 +177,12 @@ class PipelineConfig:
     # > 0: up to this many rounds of growing a box whose stage-2 labels run into one of its faces (the kidney
     # or its tumour goes on past the box) and segmenting again (kidneyseg.inference.segment_box).
     refine_boxes: int = 0
+    # True: a box whose stage-2 labels (after any refinement) still cover at least 1 cm² of one of its faces inside
+    # the CT is dropped, with a warning (kidneyseg.inference.drop_open_boxes). A kidney lies inside its crop box with
+    # a margin; in a false box stage 2 labels whatever organ it is shown, up to the faces. Off by default: it
+    # is measured on ground-truth boxes only (benchmarks/false_boxes.py), where a localizer's box that cuts a
+    # large tumour does not occur; use it with refine_boxes.
+    drop_open_boxes: bool = False
 
     def __post_init__(self) -> None:
         _check(self.hu_min < self.hu_max, "hu_min < hu_max")

@@ -173,6 +173,8 @@ def segment(ct: str | Path | io.Volume | np.ndarray, model: TwoStageModel | str 
         boxes = localize(zoomed, volume.shape, volume.spacing_mm, model, timings)
     labels = volume.zeros(np.uint8)
     segmented = [segment_box(source, box, volume.spacing_mm, model, timings) for box in boxes]
+    if cfg.drop_open_boxes:
+        segmented = drop_open_boxes(segmented, volume.shape, volume.spacing_mm, volume.name)
     boxes = [box for box, _ in segmented]  # a new list: the caller's boxes= stay as they were
     for box, patch in segmented:
         paste_max(labels, patch, box)
@@ -269,6 +271,21 @@ def segment_box(source: Source, box: Box, spacing_mm: tuple[float, float, float]
             break
         box, patch = grown, _segment_in(source, grown, model, timings)
     return box, patch
+
+
+def drop_open_boxes(segmented: list[tuple[Box, np.ndarray]], shape: tuple[int, int, int],
+                    spacing_mm: tuple[float, float, float], name: str) -> list[tuple[Box, np.ndarray]]:
+    """The (box, labels) pairs of ``segment_box`` whose labels cover less than CUT_AREA_MM2 of every face of
+    their box inside the CT (``cut_faces``); each one dropped is named in a warning (``pipeline.drop_open_boxes``)."""
+    kept = []
+    for box, patch in segmented:
+        faces = cut_faces(patch > 0, box, shape, spacing_mm, CUT_AREA_MM2)
+        if faces:
+            warnings.warn(f"{name}: dropped the box {box.lo}-{box.hi}: its labels run into {len(faces)} of its "
+                          "faces, as in a box that holds no kidney (pipeline.drop_open_boxes)", stacklevel=3)
+        else:
+            kept.append((box, patch))
+    return kept
 
 
 def _segment_in(source: Source, box: Box, model: TwoStageModel, timings: dict[str, float]) -> np.ndarray:
