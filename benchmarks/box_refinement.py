@@ -9,7 +9,8 @@ cases (WORK/validation and WORK/independent of benchmarks/accuracy.py) it predic
 ``segment`` without refinement and with ``--rounds`` rounds, and prints the mean kidney+tumour and tumour
 Dice and the localization recall of each, then the cases where the two differ by more than 0.01.
 ``--rounds 0`` scores the pipeline without refinement alone: the whole pipeline of any localizer run with any
-stage 2.
+stage 2. ``--drop-open-boxes`` adds a third pipeline: ``--rounds`` rounds and ``pipeline.drop_open_boxes`` (a box
+whose labels still run into one of its faces is dropped), compared with the first in the same way.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="refinement rounds to compare with none (0: none only)")
     parser.add_argument("--work", type=Path, default=HERE / ".work" / "accuracy")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--drop-open-boxes", action="store_true",
+                        help="also score --rounds rounds with pipeline.drop_open_boxes")
     parser.add_argument("--out", type=Path, help="write the per-case scores here (JSON)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -54,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     model = combined(args.localizer_run, args.segmenter_run)  # both networks loaded once, shared by the two
     models = {f"refine_boxes={n}": replace(model, pipeline=replace(model.pipeline, refine_boxes=n))
               for n in (0, args.rounds)}
+    if args.drop_open_boxes:
+        models[f"refine_boxes={args.rounds}, drop_open_boxes"] = replace(
+            model, pipeline=replace(model.pipeline, refine_boxes=args.rounds, drop_open_boxes=True))
     results = {}
     for folder, renderer in RENDERERS.items():
         scores = {name: {} for name in models}
@@ -68,14 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         for name, per_case in scores.items():
             means = [np.mean([s[key] for s in per_case.values()]) for key in ("kidney_tumor", "tumor", "recall")]
             print(f"  {name}: kidney+tumour {means[0]:.3f}, tumour {means[1]:.3f}, recall {means[2]:.3f}")
-        if len(scores) == 1:
-            continue
-        plain, refined = scores.values()
-        for case_id in plain:
-            a, b = plain[case_id], refined[case_id]
-            if abs(a["kidney_tumor"] - b["kidney_tumor"]) > 0.01:
-                print(f"  {case_id}: {a['kidney_tumor']:.3f} -> {b['kidney_tumor']:.3f} "
-                      f"(recall {a['recall']:.3f} -> {b['recall']:.3f})")
+        plain, *others = scores.items()
+        for name, per_case in others:
+            for case_id, a in plain[1].items():
+                b = per_case[case_id]
+                if abs(a["kidney_tumor"] - b["kidney_tumor"]) > 0.01:
+                    print(f"  {name}, {case_id}: {a['kidney_tumor']:.3f} -> {b['kidney_tumor']:.3f} "
+                          f"(recall {a['recall']:.3f} -> {b['recall']:.3f})")
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
     return 0
