@@ -263,7 +263,8 @@ def summarize_row(runs: list[dict], folder: str, region: str, draws: int = 2000)
 
 def markdown(out: Path) -> str:
     runs = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
-    runs = [r for r in runs if r.get("stage", "segmenter") == "segmenter"]
+    # the runs' results only (false_boxes.py keeps its own results in this folder too)
+    runs = [r for r in runs if "row" in r and r.get("stage", "segmenter") == "segmenter"]
     groups: dict[tuple[str, int, int], list[dict]] = {}
     for r in runs:
         groups.setdefault((r["row"], r["steps"], r.get("inputs", 1)), []).append(r)
