@@ -88,7 +88,7 @@ def fit(data_dir: Path, model_dir: Path, stage: StageConfig, pipeline: PipelineC
             scaler.load_state_dict(state["scaler"])
         set_rng(state, ranks.rank)
         epoch, best, minutes, log = state["epoch"], state["best_val_dice"], state["minutes"], state["log"]
-    model = _parallel(net, ranks, device, compile)
+    model = _parallel(net, ranks, compile)
     if torch.device(device).type == "cuda":
         torch.backends.cudnn.benchmark = True  # one input size: let cuDNN pick its fastest kernels once
     loss_fn = make_loss(stage)
@@ -145,7 +145,7 @@ def _check_device(stage: StageConfig, device: str, workers: int) -> None:
         raise UsageError("precision fp16 (with a gradient scaler) is for CUDA GPUs; on a CPU use bf16 or fp32")
 
 
-def _parallel(net: torch.nn.Module, ranks: distributed.Ranks, device: str, compile: bool) -> torch.nn.Module:
+def _parallel(net: torch.nn.Module, ranks: distributed.Ranks, compile: bool) -> torch.nn.Module:
     """The module the training steps call: ``net`` itself, or compiled with ``compile`` (``net`` stays
     the plain module that is saved). Under torchrun every rank starts from rank 0's weights; the steps
     average the gradients over the ranks (kidneyseg.training.distributed)."""
