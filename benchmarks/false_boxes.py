@@ -47,11 +47,16 @@ HERE = Path(__file__).resolve().parent
 FALSE_LABEL_ML = 1.0  # a false box "labelled" when it holds more than this outside the true regions
 
 
+def case_boxes(case_id: str, image: io.Volume, truth: io.Volume, model, count: int) -> tuple[list, list]:
+    """The case's true boxes (the run's box rules on the truth) and ``count`` false boxes beside them."""
+    true = kidney_boxes(truth.array > 0, model.pipeline, image.spacing_mm)
+    return true, empty_boxes(image.array, true, case_id, count)
+
+
 def score_case(case_id: str, image: io.Volume, truth: io.Volume, model, count: int, alone: dict | None) -> dict:
     """``alone``: the case's scores on the true boxes where the run's recipe.py scoring has them (the same
     model, boxes and inference), else computed here."""
-    true = kidney_boxes(truth.array > 0, model.pipeline, image.spacing_mm)
-    false = empty_boxes(image.array, true, case_id, count)
+    true, false = case_boxes(case_id, image, truth, model, count)
     alone = alone or case_scores(segment(image, model, boxes=true).labels, truth.array)
     labels = segment(image, model, boxes=true + false).labels
     added = case_scores(labels, truth.array)
@@ -88,10 +93,10 @@ def box_features(image: io.Volume, model, true: list, false: list) -> list[dict]
 def separation(per_renderer: dict) -> list[str]:
     """Per feature: the threshold (above or below) that drops the most false boxes and no true box."""
     boxes = [b for cases in per_renderer.values() for case in cases.values() for b in case.get("boxes", [])]
-    true = {f: np.array([b[f] for b in boxes if b["true"]]) for f in FEATURES}
-    false = {f: np.array([b[f] for b in boxes if not b["true"]]) for f in FEATURES}
     if not boxes:
         return []
+    true = {f: np.array([b[f] for b in boxes if b["true"]]) for f in FEATURES}
+    false = {f: np.array([b[f] for b in boxes if not b["true"]]) for f in FEATURES}
     lines = [f"{len(true['ml'])} true boxes, {len(false['ml'])} false boxes"]
     for f in FEATURES:
         above = float(np.mean(false[f] > true[f].max()))  # drop a box whose value exceeds every true box's
@@ -139,9 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                     known = json.loads(scored.read_text())["per_case"] if scored.exists() else {}
                 image, truth = io.load_case(case)
                 if done:  # scored before the box features were measured: add them
-                    true = kidney_boxes(truth.array > 0, model.pipeline, image.spacing_mm)
-                    done["boxes"] = box_features(image, model, true, empty_boxes(image.array, true, case.case_id,
-                                                                                 args.boxes))
+                    done["boxes"] = box_features(image, model, *case_boxes(case.case_id, image, truth, model,
+                                                                           args.boxes))
                 else:
                     results[folder][case.case_id] = score_case(case.case_id, image, truth, model, args.boxes,
                                                                known.get(folder, {}).get(case.case_id))

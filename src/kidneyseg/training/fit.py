@@ -293,15 +293,12 @@ def train_step(model, optimizer, loss_fn, images: torch.Tensor, labels: torch.Te
     if any_bad is not None:
         bad = any_bad(bad)
     if not bad:
+        (loss if scaler is None else scaler.scale(loss)).backward()
+        if average is not None:
+            average()  # with fp16, of the scaled gradients: every rank's scale is the same
         if scaler is None:
-            loss.backward()
-            if average is not None:
-                average()
             optimizer.step()
         else:
-            scaler.scale(loss).backward()
-            if average is not None:
-                average()  # of the scaled gradients: every rank's scale is the same
             scaler.step(optimizer)
             scaler.update()
     elif bool(torch.isfinite(loss)):
