@@ -92,6 +92,9 @@ ROWS = {
                                                            "phase_prob=0.6", "phase_offset=-0.6,0.3"],
     "Dice + CE, HU [-79, 304], empty crops 0.1": ["pipeline.hu_min=-79", "pipeline.hu_max=304", "empty_fraction=0.1"],
     "Dice + CE, HU [-79, 304], empty crops 0.3": ["pipeline.hu_min=-79", "pipeline.hu_max=304", "empty_fraction=0.3"],
+    "Dice + CE, HU [-79, 304], level reference": ["pipeline.hu_min=-79", "pipeline.hu_max=304", "level_reference=true"],
+    "Dice + CE, HU [-79, 304], phase 0.3, level reference": ["pipeline.hu_min=-79", "pipeline.hu_max=304",
+                                                             "phase_prob=0.3", "level_reference=true"],
 }
 # Each localizer row: the settings it changes from the small preset's localizer.
 LOCALIZER_ROWS = {

@@ -370,3 +370,46 @@ def test_a_box_whose_labels_run_into_its_faces_is_dropped_only_when_asked(drop):
     assert segment(volume, model, boxes=[whole]).boxes == [whole]
     refined = replace(model, pipeline=replace(model.pipeline, refine_boxes=2))
     assert segment(volume, refined, boxes=[cut]).boxes == [whole]
+
+
+class _Recording(_Bright):
+    """``_Bright`` that keeps every input it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.inputs = []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("tta_flips", [False, True])
+def test_a_level_referenced_segmenter_sees_its_crop_shifted_by_its_first_labels(tta_flips):
+    """A block at 150 HU in fat: the first pass (no flips) labels the block; its voxels' 75th percentile is the
+    block's 150 HU, so every later pass sees the crop 50 HU (50 / SD normalised units) brighter. Without
+    level_reference stage 2 runs once per flip on the crop as it is."""
+    from kidneyseg.geometry import Box
+    from kidneyseg.inference import segment_box
+    from kidneyseg.preprocess import clipped_stats
+    from kidneyseg.stage_input import Source
+
+    ct = np.full((100, 60, 40), -100, np.int16)
+    ct[20:80, 20:40, 10:30] = 150
+    pipeline = dict(margin_mm=0.0, min_box_mm=0.0, margin_vox=2, min_box_vox=1, tta_flips=tta_flips,
+                    resize_probabilities=False)
+    plain = replace(_ramp_model(**pipeline), segmenter=_Recording())
+    cfg = plain.pipeline
+    stats = clipped_stats(ct, cfg.hu_min, cfg.hu_max)
+    source = Source(ct, pad=-100.0, window=(cfg.hu_min, cfg.hu_max, *stats))
+    box = Box((18, 18, 8), (82, 42, 32))
+    segment_box(source, box, (1.0, 1.0, 1.0), plain, {"network": 0.0})
+    passes = 4 if tta_flips else 1
+    assert plain.segmenter.calls == passes
+    referenced = replace(plain, segmenter=_Recording(),
+                         segmenter_config=replace(plain.segmenter_config, level_reference=True))
+    _, labels = segment_box(source, box, (1.0, 1.0, 1.0), referenced, {"network": 0.0})
+    first, *later = referenced.segmenter.inputs
+    assert len(later) == passes and torch.equal(first, plain.segmenter.inputs[0])
+    assert torch.allclose(later[0] - first, torch.full_like(first, 50.0 / stats[1]), atol=1e-5)
+    assert np.all(labels[2:62, 2:22, 2:22] == 1)

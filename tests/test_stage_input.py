@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from kidneyseg import inference, io, stage_input
 from kidneyseg.config import preset
-from kidneyseg.errors import InvalidInputError, ResourceError
+from kidneyseg.errors import InvalidInputError, ResourceError, UsageError
 from kidneyseg.geometry import Box, crop, resize_labels
 from kidneyseg.inference import load_model_dir, segment
 from kidneyseg.stage_input import Source, Warp, positions, stage_image, stage_labels
@@ -201,3 +201,42 @@ def test_a_draw_inside_a_read_only_cache_makes_no_tensor_on_its_memory(tmp_path)
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-800:]
     assert done.stdout.strip() == "(1, 8, 8, 8)"
+
+
+def test_level_shift_moves_the_foregrounds_percentile_to_the_reference():
+    """Foreground HU evenly from 100 to 180: its 75th percentile is 160, 40 HU below the reference (200), which is
+    0.8 normalised units at an SD of 50; the voxels outside the foreground do not count. Fewer than the minimum of
+    foreground voxels: no shift; a foreground far below the reference: at most REFERENCE_MAX_HU."""
+    from kidneyseg.stage_input import REFERENCE_HU, REFERENCE_MAX_HU, REFERENCE_MIN_VOXELS, level_shift
+
+    assert REFERENCE_HU == 200.0
+    window = (-79.0, 304.0, 20.0, 50.0)
+    hu = np.full(4000, 300.0, np.float32)
+    hu[:2001] = np.linspace(100.0, 180.0, 2001)
+    image = torch.from_numpy((hu - 20.0) / 50.0)
+    foreground = np.arange(4000) < 2001
+    assert level_shift(image, foreground, window) == pytest.approx(0.8, abs=1e-5)
+    assert level_shift(image, torch.from_numpy(foreground), window) == pytest.approx(0.8, abs=1e-5)
+    assert level_shift(image, np.arange(4000) < REFERENCE_MIN_VOXELS - 1, window) == 0.0
+    dark = torch.full((2000,), (-60.0 - 20.0) / 50.0)  # 260 HU below: clamped
+    assert level_shift(dark, np.ones(2000, bool), window) == pytest.approx(REFERENCE_MAX_HU / 50.0, abs=1e-5)
+
+
+def test_training_shifts_each_crop_by_its_true_kidney_and_tumour(phantom_dir, tmp_path):
+    """With level_reference a cached crop comes out shifted by one constant, so that the 75th percentile of its
+    labelled voxels reads 200 HU in the CT's normalisation; without it, as it is."""
+    stage = micro_stage("segmenter")
+    samples = build_cache(io.layout.kits_cases(phantom_dir), tmp_path / "cache", stage, preset("tiny").pipeline,
+                          progress=False)
+    referenced = micro_stage("segmenter", "level_reference=true")
+    for sample in samples[:3]:
+        plain, label = load_sample(sample, stage, None)
+        shifted, same_label = load_sample(sample, referenced, None)
+        assert torch.equal(label, same_label)
+        offset = (shifted - plain).flatten()
+        assert torch.allclose(offset, offset[0].expand_as(offset), atol=1e-5) and abs(float(offset[0])) > 1e-3
+        _, _, mean, std = sample.image_source.window
+        level = np.percentile(shifted[label > 0].numpy(), 75) * std + mean
+        assert level == pytest.approx(200.0, abs=0.05)
+    with pytest.raises(UsageError, match="level_reference is a segmenter setting"):
+        micro_stage("localizer", "level_reference=true")

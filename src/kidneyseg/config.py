@@ -108,6 +108,12 @@ class StageConfig:
     # localizer missed part of a large tumour; the network learns to label up to the face, which
     # pipeline.refine_boxes reads as "the box is too small here". 0: never (the paper)
     cut_box_prob: float = 0.0
+    # stage 2: each crop shifted in level so that the 75th percentile of its kidney-and-tumour voxels reads 200 HU
+    # (kidneyseg.stage_input.level_shift): in training from the true labels, in prediction from a first pass of
+    # stage 2 (no flips) on the crop as it is, then the labels of a second pass on the shifted crop. A kidney then
+    # reads alike whatever its enhancement, and a tumour by its level against the kidney. False: the crop as
+    # normalised (the paper)
+    level_reference: bool = False
     # bf16: autocast matrix work to bfloat16 (weights stay fp32); fp16: float16 with a gradient scaler, for GPUs
     # without bf16
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -132,6 +138,7 @@ class StageConfig:
         _check(self.tumor_weight in ("uniform", "volume"), "tumor_weight is 'uniform' or 'volume'")
         _check(0 <= self.empty_fraction < 1, "0 <= empty_fraction < 1")
         _check(self.stage == "segmenter" or self.empty_fraction == 0, "empty_fraction is a segmenter setting")
+        _check(self.stage == "segmenter" or not self.level_reference, "level_reference is a segmenter setting")
         _check(self.warmup_steps >= 0, "warmup_steps >= 0")
         _check(self.lr > 0 and 0 < self.lr_decay <= 1 and self.weight_decay >= 0, "lr > 0, 0 < lr_decay <= 1")
         _check(self.batch_size >= 1 and self.epochs >= 1 and self.samples_per_epoch >= 0 and self.val_every >= 1,

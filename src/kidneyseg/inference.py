@@ -30,7 +30,7 @@ from kidneyseg.outputs import foreground, probabilities, to_labels
 from kidneyseg.postprocess import clean_labels, crop_box, cut_faces, hysteresis, kidney_boxes, large_components, widen
 from kidneyseg.preprocess import clipped_stats
 from kidneyseg.profile import read_profile
-from kidneyseg.stage_input import Source, stage_image
+from kidneyseg.stage_input import Source, level_shift, stage_image
 from kidneyseg.weights import autocast, check_precision, load_model, run_pipeline, supported_precision
 
 
@@ -290,7 +290,19 @@ def drop_open_boxes(segmented: list[tuple[Box, np.ndarray]], shape: tuple[int, i
 
 def _segment_in(source: Source, box: Box, model: TwoStageModel, timings: dict[str, float]) -> np.ndarray:
     x = stage_image(source, box, model.segmenter_config.input_size)
+    if model.segmenter_config.level_reference:
+        x = _level_referenced(x, source, model, timings)
     return _segment_patch(x, box.size_vox, model, timings)
+
+
+def _level_referenced(x: torch.Tensor, source: Source, model: TwoStageModel, timings: dict[str, float]) -> torch.Tensor:
+    """A segmenter trained with ``level_reference`` sees each crop shifted by the level of its kidney and tumour
+    (kidneyseg.stage_input.level_shift); here those are stage 2's labels of a first pass on the crop as it is
+    (without flips: it only has to find the kidney's outline)."""
+    stage = model.segmenter_config
+    first = to_labels(_predict(model.segmenter, x, model, stage, timings, tta=False), stage.regions)
+    window = source.window() if callable(source.window) else source.window
+    return x + level_shift(x[0], first > 0, window)
 
 
 def _segment_patch(x: torch.Tensor, crop_shape: tuple[int, int, int], model: TwoStageModel,
@@ -305,12 +317,12 @@ def _segment_patch(x: torch.Tensor, crop_shape: tuple[int, int, int], model: Two
 
 @torch.inference_mode()
 def _predict(net: torch.nn.Module, image: torch.Tensor, model: TwoStageModel, stage: StageConfig,
-             timings: dict[str, float]) -> np.ndarray:
+             timings: dict[str, float], tta: bool | None = None) -> np.ndarray:
     """Probabilities (C, X, Y, Z) for a (1, X, Y, Z) input (softmax over classes, or sigmoid per
-    region: see kidneyseg.outputs), optionally averaged over flips."""
+    region: see kidneyseg.outputs), averaged over flips if ``tta`` (None: ``pipeline.tta_flips``)."""
     start = time.perf_counter()
     x = image[None].to(model.device)
-    flips = [()] + ([(2,), (3,), (4,)] if model.pipeline.tta_flips else [])
+    flips = [()] + ([(2,), (3,), (4,)] if (model.pipeline.tta_flips if tta is None else tta) else [])
     total = None
     for dims in flips:
         flipped = torch.flip(x, dims) if dims else x

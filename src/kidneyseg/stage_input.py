@@ -129,6 +129,35 @@ def stage_image(source: Source, box: Box, size: Shape3, spacing_mm: tuple[float,
     return _flip(out, warp)
 
 
+# Stage 2's level reference (StageConfig.level_reference): each crop is shifted so that this percentile of its
+# kidney-and-tumour voxels reads REFERENCE_HU. Over the 30 validation label maps of benchmarks/accuracy.py the
+# 75th percentile of those voxels lay 16 HU above the kidney's median (SD 14) on the training renderer and 14 HU
+# (SD 8) on the independent one, while the kidney's median itself varied with an SD of 26 and 22 HU and lay 19 HU
+# apart between the renderers: referenced so, a kidney reads about the same whatever its enhancement, and a tumour
+# by its level against the kidney. 200 HU is about the training renderer's mean 75th percentile (197).
+REFERENCE_PERCENTILE = 75.0
+REFERENCE_HU = 200.0
+REFERENCE_MAX_HU = 100.0  # largest shift: a box whose labels are not a kidney at all is moved no further
+REFERENCE_MIN_VOXELS = 1000  # fewer labelled voxels on the network's grid: no shift
+
+
+def level_shift(image: torch.Tensor, foreground: torch.Tensor | np.ndarray,
+                window: tuple[float, float, float, float]) -> float:
+    """The shift (normalised units) that moves the REFERENCE_PERCENTILE of ``image``'s ``foreground`` voxels
+    to REFERENCE_HU, at most REFERENCE_MAX_HU either way; 0 with fewer than REFERENCE_MIN_VOXELS of them.
+
+    ``image`` is a stage input normalised with ``window`` (hu_min, hu_max, mean, std: ``Source.window``), so
+    one HU is 1 / std of it; ``foreground`` (same shape) marks the kidney and tumour: the true labels in
+    training, stage 2's own first labels in prediction (kidneyseg.inference)."""
+    values = np.asarray(image, dtype=np.float32)[np.asarray(foreground, dtype=bool)]
+    if values.size < REFERENCE_MIN_VOXELS:
+        return 0.0
+    _, _, mean, std = window
+    std = max(std, 1e-6)
+    level_hu = float(np.percentile(values, REFERENCE_PERCENTILE)) * std + mean
+    return float(np.clip(REFERENCE_HU - level_hu, -REFERENCE_MAX_HU, REFERENCE_MAX_HU)) / std
+
+
 def stage_labels(source: Source, box: Box, size: Shape3, spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0),
                  warp: Warp = IDENTITY) -> torch.Tensor:
     """The label map (1, *size) int64 sampled like ``stage_image`` (nearest voxel)."""

@@ -8,7 +8,7 @@ import torch
 
 from kidneyseg.config import StageConfig
 from kidneyseg.errors import InvalidInputError
-from kidneyseg.stage_input import IDENTITY, stage_image, stage_labels
+from kidneyseg.stage_input import IDENTITY, level_shift, stage_image, stage_labels
 from kidneyseg.training.augment import (
     augment_intensity,
     cut_box,
@@ -32,7 +32,8 @@ def load_sample(sample: Sample, stage: StageConfig, rng: np.random.RandomState |
     chance ``tumor_look_prob`` another tumour look, for the segmenter with chance ``synthetic_tumor_prob`` a
     synthetic tumour, and ``intensity``
     (kidneyseg.training.augment) from the same generator; without it the sample is returned exactly as
-    inference would see its box.
+    inference would see its box. With ``level_reference`` the crop's level is shifted by its true kidney and
+    tumour, with or without ``rng`` (inference shifts by its first pass's labels instead).
     A cache file that cannot be read raises InvalidInputError naming the case.
     """
     try:
@@ -54,6 +55,8 @@ def load_sample(sample: Sample, stage: StageConfig, rng: np.random.RandomState |
     if (rng is not None and stage.stage == "segmenter" and stage.synthetic_tumor_prob
             and rng.random_sample() < stage.synthetic_tumor_prob):
         image, label = insert_tumour(image, label, rng)
+    if stage.level_reference:  # after every change of the crop's content, before the global intensity changes
+        image = image + level_shift(image, label > 0, image_source.window)
     if rng is not None and intensity is not None:
         image = augment_intensity(intensity, image, rng)
     if stage.stage == "localizer":
