@@ -413,3 +413,17 @@ def test_a_level_referenced_segmenter_sees_its_crop_shifted_by_its_first_labels(
     assert len(later) == passes and torch.equal(first, plain.segmenter.inputs[0])
     assert torch.allclose(later[0] - first, torch.full_like(first, 50.0 / stats[1]), atol=1e-5)
     assert np.all(labels[2:62, 2:22, 2:22] == 1)
+
+
+def test_an_array_given_a_name_is_named_by_it_in_warnings_and_errors():
+    air = np.full((40, 40, 20), -100, np.int16)
+    volume = io.ct_from_array(air, np.eye(4), name="patient-7 arterial")
+    assert volume.name == "patient-7 arterial" and volume.path is None
+    assert volume.with_array(np.zeros(volume.shape, np.uint8)).name == "patient-7 arterial"
+    assert io.ct_from_array(air, np.eye(4)).name == "<array>"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        segment(volume, _ramp_model())
+    assert any(str(w.message).startswith("patient-7 arterial: no kidney found") for w in caught)
+    with pytest.raises(InvalidInputError, match="patient-7 arterial"):
+        io.ct_from_array(air[..., 0], np.eye(4), name="patient-7 arterial")

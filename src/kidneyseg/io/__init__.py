@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,7 @@ def load_ct(path: str | Path, *, allow_4d: bool = False, check_hu: bool = True, 
 def ct_from_array(data: np.ndarray, affine: np.ndarray, name: str = "<array>") -> Volume:
     """A CT given as an array in HU (file voxel order, as nibabel gives it) and its 4x4 affine, as a
     float32 Volume, (X, Y, Z) RAS+, after the same checks a file gets: a 3D shape, a usable affine,
-    no NaN or Inf, intensities that can be HU."""
+    no NaN or Inf, intensities that can be HU. ``name`` names it in errors and warnings."""
     path = Path(name)
     data = np.asarray(data)
     affine = np.asarray(affine, dtype=np.float64)
@@ -89,7 +90,7 @@ def ct_from_array(data: np.ndarray, affine: np.ndarray, name: str = "<array>") -
     data = data.astype(np.float32, copy=False)
     check_finite(data, path)
     check_hu_range(data, path)
-    return canonical_volume(data, affine, None, None)
+    return replace(canonical_volume(data, affine, None, None), label=name)
 
 
 def load_label_map(path: str | Path) -> Volume:

@@ -38,6 +38,7 @@ class Volume:
     path: Path | None = None
     _ornt: np.ndarray | None = field(default=None, repr=False)  # file axes -> RAS; derived from file_affine if None
     _arrival: Arrival | None = field(default=None, repr=False)  # voxels still being read (io.arrival)
+    label: str | None = None  # the name of a volume without a file (``io.ct_from_array(..., name=)``)
 
     def __post_init__(self) -> None:
         if self._ornt is None:  # built through the public fields: the file's axes follow from its affine
@@ -75,7 +76,10 @@ class Volume:
 
     @property
     def name(self) -> str:
-        return str(self.path) if self.path is not None else "<array>"
+        """The file, else the name it was given, else "<array>": how errors and warnings name it."""
+        if self.path is not None:
+            return str(self.path)
+        return self.label if self.label is not None else "<array>"
 
     def to_file_order(self, data: np.ndarray) -> np.ndarray:
         """Reorder a canonical (X, Y, Z) array back to the file's voxel order."""
@@ -93,7 +97,8 @@ class Volume:
         """The same geometry holding other voxel data (canonical order, same shape)."""
         if data.shape != self.shape:
             raise ValueError(f"expected canonical shape {self.shape}, got {data.shape}")
-        return Volume(data, self.affine, self.file_shape, self.file_affine, self.header, self.path, self._ornt)
+        return Volume(data, self.affine, self.file_shape, self.file_affine, self.header, self.path, self._ornt,
+                      label=self.label)
 
 
 def canonical_volume(
