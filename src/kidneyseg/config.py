@@ -186,9 +186,9 @@ class PipelineConfig:
     refine_boxes: int = 0
     # True: a box whose stage-2 labels (after any refinement) still cover at least 1 cm² of one of its faces inside
     # the CT is dropped, with a warning (kidneyseg.inference.drop_open_boxes). A kidney lies inside its crop box with
-    # a margin; in a false box stage 2 labels whatever organ it is shown, up to the faces. Off by default: it
-    # is measured on ground-truth boxes only (benchmarks/false_boxes.py), where a localizer's box that cuts a
-    # large tumour does not occur; use it with refine_boxes.
+    # a margin; in a false box stage 2 labels whatever organ it is shown, up to the faces. Off by default: on the
+    # whole pipeline (benchmarks/box_refinement.py, after refine_boxes=2) it dropped one kidney's box for each of
+    # two stage-2 runs and no false box (README).
     drop_open_boxes: bool = False
 
     def __post_init__(self) -> None:
