@@ -301,8 +301,7 @@ def _level_referenced(x: torch.Tensor, source: Source, model: TwoStageModel, tim
     (without flips: it only has to find the kidney's outline)."""
     stage = model.segmenter_config
     first = to_labels(_predict(model.segmenter, x, model, stage, timings, tta=False), stage.regions)
-    window = source.window() if callable(source.window) else source.window
-    return x + level_shift(x[0], first > 0, window)
+    return x + level_shift(x[0], first > 0, source.window_values())
 
 
 def _segment_patch(x: torch.Tensor, crop_shape: tuple[int, int, int], model: TwoStageModel,

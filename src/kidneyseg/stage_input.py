@@ -81,8 +81,12 @@ class Source:
         """Raw values read from ``array`` normalised with the window (as they are without one)."""
         if self.window is None:
             return values
-        hu_min, hu_max, mean, std = self.window() if callable(self.window) else self.window
+        hu_min, hu_max, mean, std = self.window_values()
         return normalize_ct(values, hu_min, hu_max, (mean, std))
+
+    def window_values(self) -> tuple[float, float, float, float] | None:
+        """``window`` as its values (hu_min, hu_max, mean, std), calling it if it is a function; None without one."""
+        return self.window() if callable(self.window) else self.window
 
     def wait_all(self) -> None:
         if self.ready is not None:

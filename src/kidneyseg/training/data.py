@@ -56,7 +56,7 @@ def load_sample(sample: Sample, stage: StageConfig, rng: np.random.RandomState |
             and rng.random_sample() < stage.synthetic_tumor_prob):
         image, label = insert_tumour(image, label, rng)
     if stage.level_reference:  # after every change of the crop's content, before the global intensity changes
-        image = image + level_shift(image, label > 0, image_source.window)
+        image = image + level_shift(image, label > 0, image_source.window_values())
     if rng is not None and intensity is not None:
         image = augment_intensity(intensity, image, rng)
     if stage.stage == "localizer":
