@@ -25,8 +25,10 @@ table of all rows scored so far and writes WORK/recipe/table.md.
 With ``--stage localizer`` the rows are LOCALIZER_ROWS, each on top of the ``small`` preset's localizer
 as it is (64³, HU window [-79, 304]): stage 1 alone is trained for ``--steps`` steps on the 150
 training CTs and scored on both renderers' 30 validation cases through ``segment`` (the preset's
-inference; stage 2 untrained, its output unused): localization recall (the share of each case's true
-kidney+tumour voxels inside the predicted boxes) and the number of boxes against the true kidneys.
+inference, stage 1 alone): localization recall (the share of each case's true kidney+tumour voxels inside
+the predicted boxes), the number of boxes against the true kidneys, the precision of the localizer's mask at
+full resolution (the share of it that is kidney or tumour) and the volume the boxes cover against the true
+boxes' (the preset's box rules on the truth): a localizer that spills onto other tissue grows its boxes.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ from confusion import segmenter_only
 from kidneyseg import io
 from kidneyseg.config import override_preset, preset, stage_from_dict
 from kidneyseg.evaluation import case_scores
-from kidneyseg.inference import TwoStageModel, segment
+from kidneyseg.geometry import Box
+from kidneyseg.inference import Localization, TwoStageModel, locate, segment
 from kidneyseg.labels import tumor_ml
 from kidneyseg.postprocess import kidney_boxes
 from kidneyseg.training.cache import build_cache, fingerprint
@@ -95,6 +98,8 @@ ROWS = {
     "Dice + CE, HU [-79, 304], level reference": ["pipeline.hu_min=-79", "pipeline.hu_max=304", "level_reference=true"],
     "Dice + CE, HU [-79, 304], phase 0.3, level reference": ["pipeline.hu_min=-79", "pipeline.hu_max=304",
                                                              "phase_prob=0.3", "level_reference=true"],
+    "Dice + CE, HU [-79, 304], phase 0.3, viscera 0.3": ["pipeline.hu_min=-79", "pipeline.hu_max=304",
+                                                         "phase_prob=0.3", "viscera_prob=0.3"],
 }
 # Each localizer row: the settings it changes from the small preset's localizer.
 LOCALIZER_ROWS = {
@@ -105,6 +110,8 @@ LOCALIZER_ROWS = {
     "large tumours 0.3": ["tumor_fraction=0.3", "tumor_weight=volume"],
     "large tumours 0.1": ["tumor_fraction=0.1", "tumor_weight=volume"],
     "large tumours 0.3, tumour look 0.3": ["tumor_fraction=0.3", "tumor_weight=volume", "tumor_look_prob=0.3"],
+    "viscera 0.3": ["viscera_prob=0.3"],
+    "large tumours 0.1, viscera 0.3": ["tumor_fraction=0.1", "tumor_weight=volume", "viscera_prob=0.3"],
 }
 # How training inputs were built: 1, a resize of the full-resolution crop, then MONAI's rotation of the resized
 # cube (voxel space) and flips; 2, kidneyseg.stage_input: one interpolation for crop, zoom, shift, rotation
@@ -196,15 +203,35 @@ def run_localizer(name: str, seed: int, work: Path, out: Path, steps: int, draws
         scores[folder] = {}
         for case in io.layout.kits_cases(work / folder):
             image, truth = io.load_case(case)
-            boxes = segment(image, model).boxes  # stage 2 is untrained: only the boxes are used
+            found = locate(image, model)  # stage 1 alone: the boxes segment() would crop
+            true_boxes = kidney_boxes(truth.array > 0, pipeline, image.spacing_mm)
             scores[folder][case.case_id] = {
-                "recall": box_recall(truth.array > 0, boxes), "boxes": len(boxes),
-                "kidneys": len(kidney_boxes(truth.array > 0, pipeline, image.spacing_mm))}
+                "recall": box_recall(truth.array > 0, found.boxes), "boxes": len(found.boxes),
+                "kidneys": len(true_boxes), "precision": mask_precision(found, truth.array),
+                "box_ml": boxes_ml(found.boxes, image), "true_box_ml": boxes_ml(true_boxes, image)}
     result = {"row": name, "stage": "localizer", "settings": LOCALIZER_ROWS[name], "seed": seed, "steps": steps,
               "draws_per_epoch": draws, "threads": torch.get_num_threads(), "train_seconds": train_seconds,
               "per_case": scores}
     result_path.write_text(json.dumps(result, indent=1))
     return result
+
+
+def mask_precision(found: Localization, truth: np.ndarray) -> float:
+    """The share of the localizer's mask (at full resolution) that is kidney or tumour in ``truth``; 1.0 for
+    an empty mask (nothing claimed, nothing wrong; recall says what was missed)."""
+    if found.mask is None:
+        return 1.0
+    window = tuple(slice(o, o + n) for o, n in zip(found.origin, found.mask.shape, strict=True))
+    claimed = found.mask > 0
+    return float(np.count_nonzero(truth[window][claimed]) / np.count_nonzero(claimed))
+
+
+def boxes_ml(boxes: list[Box], image: io.Volume) -> float:
+    """The volume of the CT (mL) that the boxes cover, each box counted inside the CT; overlaps count once."""
+    covered = np.zeros(image.shape, bool)
+    for box in boxes:
+        covered[box.inside(image.shape).slices] = True
+    return float(np.count_nonzero(covered) * np.prod(image.spacing_mm) / 1000.0)
 
 
 def step_budget(seed: int, steps: int, draws: int) -> list[str]:
@@ -308,8 +335,9 @@ def large_tumour_cases(folder: Path) -> list[str]:
 
 def localizer_markdown(out: Path) -> str:
     """The localizer rows: per renderer, the recall (mean over seeds, seed means min-max, bootstrap 95 %
-    interval over cases of the seed-averaged recall), the same mean over the cases with a large tumour, and the
-    cases whose box count differs from the true kidneys' (summed over seeds)."""
+    interval over cases of the seed-averaged recall), the same mean over the cases with a large tumour, the
+    cases whose box count differs from the true kidneys' (summed over seeds), the mask's precision and the
+    boxes' volume against the true boxes' (case means, mean over seeds and min-max)."""
     groups: dict[tuple[str, int], list[dict]] = {}
     for path in sorted(out.glob("localizer-*.json")):
         r = json.loads(path.read_text())
@@ -318,9 +346,10 @@ def localizer_markdown(out: Path) -> str:
         return ""
     large = large_tumour_cases(out.parent / "validation")  # both renderers draw the same label maps
     header = " | ".join(f"{RENDERERS[f]}: recall | {RENDERERS[f]}: recall, tumours > {LARGE_TUMOUR_ML:.0f} mL | "
-                        f"{RENDERERS[f]}: wrong box count"
+                        f"{RENDERERS[f]}: wrong box count | {RENDERERS[f]}: mask precision | "
+                        f"{RENDERERS[f]}: box volume / true"
                         for f in RENDERERS)
-    lines = [f"| localizer recipe | steps | seeds | {header} |", "|---|---|---|" + "---|" * (3 * len(RENDERERS))]
+    lines = [f"| localizer recipe | steps | seeds | {header} |", "|---|---|---|" + "---|" * (5 * len(RENDERERS))]
     order = {name: i for i, name in enumerate(LOCALIZER_ROWS)}
     for (name, steps), group in sorted(groups.items(), key=lambda kv: (kv[0][1], order.get(kv[0][0], 99))):
         cells = []
@@ -334,8 +363,17 @@ def localizer_markdown(out: Path) -> str:
             cells += [f"{means.mean():.3f} ({means.min():.3f}-{means.max():.3f}; CI {low:.2f}-{high:.2f})",
                       f"{big.mean():.3f} ({big.min():.3f}-{big.max():.3f}; {len(large)} cases)",
                       f"{wrong} of {len(group) * len(cases)}"]
+            for per_case in (lambda v: v["precision"], lambda v: v["box_ml"] / v["true_box_ml"]):
+                try:
+                    seed_means = np.array([np.mean([per_case(r["per_case"][folder][c]) for c in cases])
+                                           for r in group])
+                except KeyError:  # a run scored before these were measured
+                    cells.append("-")
+                    continue
+                cells.append(f"{seed_means.mean():.2f} ({seed_means.min():.2f}-{seed_means.max():.2f})")
         lines.append(f"| {name} | {steps} | {len(group)} | {' | '.join(cells)} |")
-    return "Localizer rows: recall and box counts on each renderer's 30 validation cases.\n\n" + "\n".join(lines) + "\n"
+    return ("Localizer rows: recall, box counts, mask precision and box volume on each renderer's 30 validation "
+            "cases.\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

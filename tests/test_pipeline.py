@@ -128,9 +128,32 @@ def test_box_threshold_grows_a_box_over_an_unsure_bulge_only(threshold):
     pipeline = dict(margin_mm=0.0, min_box_mm=0.0, margin_vox=0, min_box_vox=1, tta_flips=False,
                     box_threshold=threshold)
     model = replace(_ramp_model(**pipeline), localizer=_FixedKidney(probs))
-    (box,) = localize(torch.zeros(1, *size), size, (1.0, 1.0, 1.0), model, {"network": 0.0})
+    (box,) = localize(torch.zeros(1, *size), size, (1.0, 1.0, 1.0), model, {"network": 0.0}).boxes
     assert box.lo == (10, 10, 10)
     assert box.hi == ((26, 20, 20) if threshold < 0.5 else (20, 20, 20))
+
+
+def test_locate_gives_the_localizer_mask_on_the_ct_grid_and_segments_boxes():
+    """A localizer sure of one block at its input size: on a CT twice that size per axis, ``locate``'s mask
+    is that block doubled, placed at its origin on the CT's grid, and its boxes are those ``segment`` crops."""
+    from kidneyseg.inference import locate
+
+    size = preset("tiny").localizer.input_size
+    probs = np.full(size, 0.01, np.float32)
+    probs[10:20, 12:18, 5:9] = 0.9
+    pipeline = dict(margin_mm=0.0, min_box_mm=0.0, margin_vox=0, min_box_vox=1, tta_flips=False)
+    model = replace(_ramp_model(**pipeline), localizer=_FixedKidney(probs))
+    shape = tuple(2 * n for n in size)
+    ct = np.full(shape, -1000.0, np.float32)
+    ct[:, :, shape[2] // 2:] = 40.0  # air and soft tissue: a CT in HU
+    found = locate(ct, model, affine=np.eye(4))
+    assert found.origin == (20, 24, 10)
+    assert found.mask.shape == (20, 12, 8) and found.mask.all()
+    assert [(b.lo, b.hi) for b in found.boxes] == [((20, 24, 10), (40, 36, 18))]
+    assert [(b.lo, b.hi) for b in segment(ct, model, affine=np.eye(4)).boxes] == [(b.lo, b.hi) for b in found.boxes]
+    nothing = replace(model, localizer=_AlwaysBackground())
+    empty = locate(ct, nothing, affine=np.eye(4))
+    assert empty.boxes == [] and empty.mask is None
 
 
 def test_no_kidney_gives_valid_empty_output_and_a_warning(trained_model, tmp_path):

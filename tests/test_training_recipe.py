@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import micro_stage
+from scipy import ndimage
 
 from kidneyseg.config import preset
 from kidneyseg.geometry import Box
@@ -17,6 +18,9 @@ from kidneyseg.training.augment import (
     SYNTHETIC_RADIUS,
     TUMOUR_LEVEL,
     TUMOUR_TEXTURE,
+    VISCERA_LEVEL,
+    VISCERA_REACH,
+    add_viscera,
     augment_intensity,
     homogenise_kidney,
     insert_tumour,
@@ -300,6 +304,67 @@ def test_synthetic_tumours_reach_the_segmenters_draws_only(tmp_path):
         loc_image, loc_label = load_sample(sample, micro_stage("localizer", *plain), np.random.RandomState(seed))
         assert torch.equal(loc_label[0], torch.from_numpy(label.astype(np.int64)))
         assert torch.equal(loc_image[0], torch.from_numpy(image))
+
+
+def test_viscera_put_soft_tissue_in_the_fat_near_the_kidney_and_nothing_else_changes():
+    """A kidney of level 1 with a tumour, in fat at the floor (-2) with voxel noise 0.1, and a slab of bright
+    'bone' far off: each draw turns part of the fat within reach of the kidney into tissue whose mean lies
+    near the drawn level below the kidney's (between fat and kidney), touching or close to the kidney; the kidney,
+    the tumour, the bone and the fat out of reach are bitwise unchanged, labels are not an input it changes,
+    one random state gives one image, and a sample without kidney or without fat is returned as it is."""
+    gen = torch.Generator().manual_seed(0)
+    label = torch.zeros(1, 64, 64, 64, dtype=torch.int64)
+    label[0, 20:44, 22:42, 18:40] = 1
+    label[0, 20:44, 22:42, 40:46] = 2
+    image = torch.full((1, 64, 64, 64), -2.0)
+    image[label == 1] = 1.0
+    image[label == 2] = 0.5
+    image[0, :, 58:, :] = 3.0  # bone: not fat, never changed
+    image = image + 0.1 * torch.randn(1, 64, 64, 64, generator=gen)
+    organ = (label[0] > 0).numpy()
+    radius = (3 * float((label == 1).sum()) / (4 * np.pi)) ** (1 / 3)
+    distance = torch.from_numpy(ndimage.distance_transform_edt(~organ))[None]
+    for seed in range(6):
+        out = add_viscera(image.clone(), label, np.random.RandomState(seed))
+        assert torch.equal(out, add_viscera(image.clone(), label, np.random.RandomState(seed)))
+        changed = out != image
+        draws = np.random.RandomState(seed)  # add_viscera's first draws: level, texture, reach
+        level, _, reach_share = draws.uniform(*VISCERA_LEVEL), draws.uniform(), draws.uniform(*VISCERA_REACH)
+        reach = max(1.0, reach_share * radius)
+        assert changed.any()
+        assert not bool(changed[label > 0].any())  # kidney and tumour bitwise unchanged
+        assert not bool(changed[0, :, 58:, :].any())  # the bone too
+        assert float(distance[changed].max()) <= reach + 1e-6  # only fat within reach of the kidney
+        assert float(distance[changed].min()) <= 2.0  # against the kidney, as organs lie
+        solid = ndimage.binary_erosion(changed[0].numpy() | organ, iterations=2)  # past the tissue's outer rim
+        core = changed & torch.from_numpy(solid)[None]
+        assert core.any()
+        expected = 1.0 + level * (1.0 - float(image.min()))
+        assert abs(float(out[core].mean()) - expected) < 0.2
+        assert -2.0 < float(out[changed].mean()) < 1.0
+    no_kidney = torch.where(label == 1, 0, label)
+    assert torch.equal(add_viscera(image, no_kidney, np.random.RandomState(0)), image)
+    no_fat = torch.where(label > 0, image, torch.full_like(image, 3.0))
+    assert torch.equal(add_viscera(no_fat, label, np.random.RandomState(0)), no_fat)
+
+
+def test_viscera_reach_both_stages_draws(tmp_path):
+    """Through load_sample: with viscera_prob=1 the fat near the kidney changes in both stages' draws, the labels
+    do not; with 0 the draw is the sample as it is."""
+    label = np.zeros((32, 32, 32), np.uint8)
+    label[10:22, 10:22, 10:22] = 1
+    image = np.where(label == 1, 1.0, -2.0).astype(np.float32)
+    image += 0.1 * np.random.default_rng(0).standard_normal(image.shape).astype(np.float32)
+    np.save(tmp_path / "image.npy", image)
+    np.save(tmp_path / "label.npy", label)
+    sample = Sample("case_00000", tmp_path / "image.npy", tmp_path / "label.npy", Box((0, 0, 0), (32, 32, 32)))
+    plain = ["input_size=32,32,32", "flip_prob=0", "rotate_deg=0", "translate_vox=0", "intensity_prob=0"]
+    for stage in ("segmenter", "localizer"):
+        for prob, differs in ((1, True), (0, False)):
+            out, out_label = load_sample(sample, micro_stage(stage, *plain, f"viscera_prob={prob}"),
+                                         np.random.RandomState(1))
+            assert torch.equal(out_label[0], torch.from_numpy(label.astype(np.int64)))
+            assert (not torch.equal(out[0], torch.from_numpy(image))) is differs
 
 
 class _Echo(torch.nn.Module):

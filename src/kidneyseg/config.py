@@ -103,6 +103,10 @@ class StageConfig:
     # look, labelled tumour (kidneyseg.training.augment.insert_tumour); 0: never (the paper). The localizer ignores
     # it: in the demo, a localizer trained with it found a false second region on one held-out case
     synthetic_tumor_prob: float = 0.0
+    # chance per sample of soft tissue against the kidney: part of the fat within reach of the kidney and tumour
+    # becomes smooth blobs of soft tissue (muscle, bowel, duodenum, pancreas: 20-90 HU for a 180 HU kidney) that
+    # may touch it, labelled background (kidneyseg.training.augment.add_viscera); 0: never (the paper)
+    viscera_prob: float = 0.0
     # stage 2: chance per sample of a crop box cut short: one or two of its faces moved inwards by 10-40 % of its
     # side (kidneyseg.training.augment.cut_box), so the kidney or its tumour runs into the crop's face, as where the
     # localizer missed part of a large tumour; the network learns to label up to the face, which
@@ -150,9 +154,9 @@ class StageConfig:
                "phase_offset is two values, the first at most the second")
         _check(all(0 <= p <= 1 for p in (self.tumor_fraction, self.intensity_prob, self.texture_prob,
                                           self.phase_prob, self.phase_sinus_prob, self.tumor_look_prob,
-                                          self.synthetic_tumor_prob, self.cut_box_prob)),
+                                          self.synthetic_tumor_prob, self.cut_box_prob, self.viscera_prob)),
                "0 <= tumor_fraction, intensity_prob, texture_prob, phase_prob, phase_sinus_prob, tumor_look_prob, "
-               "synthetic_tumor_prob, cut_box_prob <= 1")
+               "synthetic_tumor_prob, cut_box_prob, viscera_prob <= 1")
 
     @property
     def regions(self) -> bool:

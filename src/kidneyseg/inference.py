@@ -59,6 +59,18 @@ class TwoStageModel:
 
 
 @dataclass
+class Localization:
+    """Result of stage 1 (``locate``): the kidney boxes, and the localizer's mask (nonzero: kidney or
+    tumour) resized to the CT's canonical grid, kept only over the window around its nonzero voxels:
+    ``mask`` starts at voxel ``origin`` of the CT; outside it the mask is 0 (``mask`` is None when the
+    localizer found nothing)."""
+
+    boxes: list[Box]
+    mask: np.ndarray | None
+    origin: tuple[int, int, int]
+
+
+@dataclass
 class Segmentation:
     """Result of ``segment``: canonical labels, the input CT (read from a file: float32, or int16 where the
     file stores HU so, see ``io.load_ct``), the kidney boxes, timings (s)."""
@@ -170,7 +182,7 @@ def segment(ct: str | Path | io.Volume | np.ndarray, model: TwoStageModel | str 
     start = time.perf_counter()
     source, zoomed = _inputs(volume, cfg, model.localizer_config.input_size if boxes is None else None)
     if boxes is None:
-        boxes = localize(zoomed, volume.shape, volume.spacing_mm, model, timings)
+        boxes = localize(zoomed, volume.shape, volume.spacing_mm, model, timings).boxes
     labels = volume.zeros(np.uint8)
     segmented = [segment_box(source, box, volume.spacing_mm, model, timings) for box in boxes]
     if cfg.drop_open_boxes:
@@ -220,9 +232,9 @@ def _inputs(volume: io.Volume, cfg: PipelineConfig,
 
 
 def localize(zoomed: torch.Tensor, shape: tuple[int, int, int], spacing_mm: tuple[float, float, float],
-             model: TwoStageModel, timings: dict[str, float]) -> list[Box]:
-    """Stage 1 on the normalised CT zoomed to the localizer's input (1, X, Y, Z): one paper crop box
-    per kept kidney region of the CT's grid ``shape``."""
+             model: TwoStageModel, timings: dict[str, float]) -> Localization:
+    """Stage 1 on the normalised CT zoomed to the localizer's input (1, X, Y, Z): its kidney mask on the
+    CT's grid ``shape`` and one paper crop box per kept kidney region."""
     stage = model.localizer_config
     probs = _predict(model.localizer, zoomed, model, stage, timings)
     mask = to_labels(probs, stage.regions)
@@ -232,9 +244,20 @@ def localize(zoomed: torch.Tensor, shape: tuple[int, int, int], spacing_mm: tupl
     # resized mask, without a CT-sized array).
     window = upsampled_window(mask, shape)
     if window is None:
-        return []
+        return Localization([], None, (0, 0, 0))
     mask, origin = window
-    return kidney_boxes(mask, model.pipeline, spacing_mm, origin, shape)
+    return Localization(kidney_boxes(mask, model.pipeline, spacing_mm, origin, shape), mask, origin)
+
+
+def locate(ct: str | Path | io.Volume | np.ndarray, model: TwoStageModel | str | Path,
+           affine: np.ndarray | None = None) -> Localization:
+    """Stage 1 alone on a CT (the arguments as for ``segment``): the localizer's kidney mask on the CT's
+    canonical grid and the boxes ``segment`` would crop, without running stage 2."""
+    if not isinstance(model, TwoStageModel):
+        model = load_model_dir(model)
+    volume = _as_volume(ct, affine)
+    _, zoomed = _inputs(volume, model.pipeline, model.localizer_config.input_size)
+    return localize(zoomed, volume.shape, volume.spacing_mm, model, {"network": 0.0})
 
 
 # A box's labels must cover at least this much of one of its faces (1 cm²) for the box to count as cut there.

@@ -5,7 +5,8 @@ scale, noise, blur), and with ``texture_prob`` > 0 texture changes (gamma, lower
 with ``phase_prob`` > 0 a nephrographic-phase look of the kidney (``homogenise_kidney``), with
 ``tumor_look_prob`` > 0 another enhancement and texture of the tumour (``redraw_tumour``), and with
 ``synthetic_tumor_prob`` > 0 (stage 2) a tumour of random size, shape and look drawn into the kidney
-(``insert_tumour``), and with ``cut_box_prob`` > 0 (stage 2) a crop box cut short (``cut_box``).
+(``insert_tumour``), with ``viscera_prob`` > 0 soft tissue in the fat against the kidney (``add_viscera``), and
+with ``cut_box_prob`` > 0 (stage 2) a crop box cut short (``cut_box``).
 
 Each call draws from a NumPy RandomState the caller passes in, so a draw's augmentation is fixed by
 the generator's seed (kidneyseg.training.data seeds it with (seed, epoch, draw)).
@@ -52,6 +53,20 @@ SYNTHETIC_RADIUS = (0.15, 0.6)
 SYNTHETIC_DARKER = (-0.7, -0.08)
 SYNTHETIC_BRIGHTER = (0.06, 0.2)
 SYNTHETIC_TEXTURE = (0.02, 0.15)
+# Soft tissue against the kidney (add_viscera): its level against the kidney parenchyma's mean, as a share of that
+# mean's height above the input's floor (for a 180 HU kidney and the HU window [-79, 304]: about 10 to 100 HU, the
+# muscle, bowel wall, duodenum and unenhanced organs that lie against kidneys in thin patients); the SD of its smooth
+# texture, as a share of that height; how far from the kidney it may lie, and the blobs' smoothness, each as a share
+# of the kidney's equivalent-sphere radius; the share of the fat within reach that becomes tissue.
+VISCERA_LEVEL = (-0.65, -0.3)
+VISCERA_TEXTURE = (0.0, 0.05)
+VISCERA_REACH = (0.3, 1.2)
+VISCERA_SMOOTHNESS = (0.2, 0.5)
+VISCERA_SHARE = (0.2, 0.7)
+# Fat: background voxels whose blur over one voxel (kidney and tumour taken as the floor) is below this share of
+# the way from the input's floor to the kidney's 90th percentile (fat lies at the floor of the HU window
+# [-79, 304]; water at about a fifth of the way).
+VISCERA_FAT = 0.12
 # How far a cut face of a crop box moves inwards, as a share of the box's side.
 CUT_SHARE = (0.1, 0.4)
 
@@ -223,6 +238,49 @@ def insert_tumour(image: torch.Tensor, label: torch.Tensor, rng: np.random.Rando
     out_label = label.clone()
     out_label[0][torch.from_numpy(blob)] = tumour_label
     return _blend(x, blob, blob, target), out_label
+
+
+def add_viscera(image: torch.Tensor, label: torch.Tensor, rng: np.random.RandomState) -> torch.Tensor:
+    """The image with part of the fat near the kidney replaced by smooth blobs of soft tissue, labelled background.
+
+    The phantoms wrap every kidney in perirenal fat; in real abdomens muscle, bowel, the duodenum, the pancreas,
+    liver and spleen often lie against a kidney with no fat between, at soft-tissue levels a hypo-enhancing tumour
+    shares. A model that has only seen fat around kidneys takes such tissue for kidney or tumour. Here the fat
+    (background voxels near the input's floor, VISCERA_FAT) within reach of the kidney and tumour (VISCERA_REACH
+    of the kidney's equivalent-sphere radius) where a smooth random field (VISCERA_SMOOTHNESS of that radius) is
+    highest (VISCERA_SHARE of it) becomes tissue at a level below the parenchyma's (VISCERA_LEVEL) with a smooth
+    texture (VISCERA_TEXTURE) and fresh noise of the image's level (``_noise_sd``), blended by its mask and the
+    kidney's blurred over one voxel, so that it meets the kidney without a seam of fat, as such organs do. Labels
+    are untouched. A sample without kidney parenchyma or fat within reach is returned as it is.
+    """
+    level, texture_sd = rng.uniform(*VISCERA_LEVEL), rng.uniform(*VISCERA_TEXTURE)
+    reach_share, smooth_share, share = (rng.uniform(*r) for r in (VISCERA_REACH, VISCERA_SMOOTHNESS, VISCERA_SHARE))
+    fields = rng.standard_normal((3, *label.shape[1:])).astype(np.float32)  # blobs, texture, voxel noise
+    kidney, organ = (label[0] == KIDNEY).numpy(), (label[0] > 0).numpy()
+    if not kidney.any():
+        return image
+    x = image[0].numpy()
+    parenchyma = _parenchyma(x, kidney)
+    if not parenchyma.any():
+        return image
+    floor, kidney_level = float(x.min()), float(x[parenchyma].mean())
+    height = float(np.percentile(x[kidney], 90)) - floor
+    radius = (3 * np.count_nonzero(kidney) / (4 * np.pi)) ** (1 / 3)
+    near = ndimage.distance_transform_edt(~organ) <= max(1.0, reach_share * radius)
+    # Blurred with the kidney and tumour at the floor, so that the fat right against them, brightened by the
+    # scan's blur of the kidney, still counts as fat and the tissue can touch the kidney.
+    smooth = ndimage.gaussian_filter(np.where(organ, floor, x), 1.0)
+    fat = near & ~organ & (smooth < floor + VISCERA_FAT * height)
+    if not fat.any():
+        return image
+    blobs = _smooth_unit(fields[0], max(1.0, smooth_share * radius))
+    tissue = fat & (blobs >= np.quantile(blobs[fat], 1.0 - share))
+    if not tissue.any():
+        return image
+    target = (kidney_level + level * (kidney_level - floor) + texture_sd * height * _smooth_unit(fields[1], 1.5)[tissue]
+              + _noise_sd(x, label, kidney) * fields[2][tissue])
+    # Blended by tissue and organ together: no darker seam is left where the tissue meets the kidney.
+    return _blend(x, tissue | organ, tissue, target)
 
 
 def _smooth_unit(noise: np.ndarray, sigma: float) -> np.ndarray:

@@ -10,6 +10,7 @@ from kidneyseg.config import StageConfig
 from kidneyseg.errors import InvalidInputError
 from kidneyseg.stage_input import IDENTITY, level_shift, stage_image, stage_labels
 from kidneyseg.training.augment import (
+    add_viscera,
     augment_intensity,
     cut_box,
     draw_warp,
@@ -30,7 +31,7 @@ def load_sample(sample: Sample, stage: StageConfig, rng: np.random.RandomState |
     (``cut_box``), then, with chance ``phase_prob``, the kidney's nephrographic look (its
     sinus filled too with chance ``phase_sinus_prob``), with
     chance ``tumor_look_prob`` another tumour look, for the segmenter with chance ``synthetic_tumor_prob`` a
-    synthetic tumour, and ``intensity``
+    synthetic tumour, with chance ``viscera_prob`` soft tissue against the kidney, and ``intensity``
     (kidneyseg.training.augment) from the same generator; without it the sample is returned exactly as
     inference would see its box. With ``level_reference`` the crop's level is shifted by its true kidney and
     tumour, with or without ``rng`` (inference shifts by its first pass's labels instead).
@@ -55,6 +56,8 @@ def load_sample(sample: Sample, stage: StageConfig, rng: np.random.RandomState |
     if (rng is not None and stage.stage == "segmenter" and stage.synthetic_tumor_prob
             and rng.random_sample() < stage.synthetic_tumor_prob):
         image, label = insert_tumour(image, label, rng)
+    if rng is not None and stage.viscera_prob and rng.random_sample() < stage.viscera_prob:
+        image = add_viscera(image, label, rng)
     if stage.level_reference:  # after every change of the crop's content, before the global intensity changes
         image = image + level_shift(image, label > 0, image_source.window_values())
     if rng is not None and intensity is not None:
