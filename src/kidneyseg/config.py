@@ -104,7 +104,7 @@ class StageConfig:
     # it: in the demo, a localizer trained with it found a false second region on one held-out case
     synthetic_tumor_prob: float = 0.0
     # chance per sample of soft tissue against the kidney: part of the fat within reach of the kidney and tumour
-    # becomes smooth blobs of soft tissue (muscle, bowel, duodenum, pancreas: 20-90 HU for a 180 HU kidney) that
+    # becomes smooth blobs of soft tissue (muscle, bowel, duodenum, pancreas: about 10-100 HU for a 180 HU kidney) that
     # may touch it, labelled background (kidneyseg.training.augment.add_viscera); 0: never (the paper)
     viscera_prob: float = 0.0
     # stage 2: chance per sample of a crop box cut short: one or two of its faces moved inwards by 10-40 % of its
