@@ -286,16 +286,21 @@ def test_synthetic_tumour_is_drawn_and_labelled_inside_the_kidney():
     assert torch.equal(same, image) and torch.equal(same_label, no_kidney)
 
 
+def _kidney_sample(folder, label: np.ndarray) -> tuple[Sample, np.ndarray]:
+    """A cached sample of ``label`` (32³) whose image is the kidney at 1 over fat at -2 with voxel noise 0.1."""
+    image = np.where(label == 1, 1.0, -2.0).astype(np.float32)
+    image += 0.1 * np.random.default_rng(0).standard_normal(image.shape).astype(np.float32)
+    np.save(folder / "image.npy", image)
+    np.save(folder / "label.npy", label)
+    return Sample("case_00000", folder / "image.npy", folder / "label.npy", Box((0, 0, 0), (32, 32, 32))), image
+
+
 def test_synthetic_tumours_reach_the_segmenters_draws_only(tmp_path):
     """Through load_sample: with synthetic_tumor_prob=1 every segmenter draw of a kidney without tumour gains
     tumour voxels; the localizer's draws, with the same setting, stay as they are."""
     label = np.zeros((32, 32, 32), np.uint8)
     label[6:26, 6:26, 6:26] = 1
-    image = np.where(label == 1, 1.0, -2.0).astype(np.float32)
-    image += 0.1 * np.random.default_rng(0).standard_normal(image.shape).astype(np.float32)
-    np.save(tmp_path / "image.npy", image)
-    np.save(tmp_path / "label.npy", label)
-    sample = Sample("case_00000", tmp_path / "image.npy", tmp_path / "label.npy", Box((0, 0, 0), (32, 32, 32)))
+    sample, image = _kidney_sample(tmp_path, label)
     plain = ["input_size=32,32,32", "flip_prob=0", "rotate_deg=0", "translate_vox=0", "intensity_prob=0",
              "synthetic_tumor_prob=1"]
     for seed in range(3):
@@ -353,11 +358,7 @@ def test_viscera_reach_both_stages_draws(tmp_path):
     do not; with 0 the draw is the sample as it is."""
     label = np.zeros((32, 32, 32), np.uint8)
     label[10:22, 10:22, 10:22] = 1
-    image = np.where(label == 1, 1.0, -2.0).astype(np.float32)
-    image += 0.1 * np.random.default_rng(0).standard_normal(image.shape).astype(np.float32)
-    np.save(tmp_path / "image.npy", image)
-    np.save(tmp_path / "label.npy", label)
-    sample = Sample("case_00000", tmp_path / "image.npy", tmp_path / "label.npy", Box((0, 0, 0), (32, 32, 32)))
+    sample, image = _kidney_sample(tmp_path, label)
     plain = ["input_size=32,32,32", "flip_prob=0", "rotate_deg=0", "translate_vox=0", "intensity_prob=0"]
     for stage in ("segmenter", "localizer"):
         for prob, differs in ((1, True), (0, False)):

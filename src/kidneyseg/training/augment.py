@@ -153,12 +153,10 @@ def homogenise_kidney(image: torch.Tensor, label: torch.Tensor, rng: np.random.R
     kidney = (label[0] == KIDNEY).numpy()
     shift = rng.uniform(*offset)
     noise = rng.standard_normal(kidney.shape).astype(np.float32)
-    if not kidney.any():
+    found = _kidney_parenchyma(image, kidney)
+    if found is None:
         return image
-    x = image[0].numpy()
-    parenchyma = _parenchyma(x, kidney)
-    if not parenchyma.any():
-        return image
+    x, parenchyma = found
     changed = kidney if sinus else parenchyma
     target = float(x[parenchyma].mean()) + shift + _noise_sd(x, label, kidney) * noise[changed]
     return _blend(x, kidney, changed, target)
@@ -179,12 +177,10 @@ def redraw_tumour(image: torch.Tensor, label: torch.Tensor, rng: np.random.Rando
     tumour, kidney = (label[0] == TUMOR).numpy(), (label[0] == KIDNEY).numpy()
     level, keep = rng.uniform(*TUMOUR_LEVEL), rng.uniform(*TUMOUR_TEXTURE)
     noise = rng.standard_normal(tumour.shape).astype(np.float32)
-    if not tumour.any() or not kidney.any():
+    found = _kidney_parenchyma(image, kidney) if tumour.any() else None
+    if found is None:
         return image
-    x = image[0].numpy()
-    parenchyma = _parenchyma(x, kidney)
-    if not parenchyma.any():
-        return image
+    x, parenchyma = found
     floor, kidney_level, own = float(x.min()), float(x[parenchyma].mean()), x[tumour]
     fresh = _noise_sd(x, label, tumour) * np.sqrt(1.0 - keep**2) * noise[tumour]
     target = kidney_level + level * (kidney_level - floor) + keep * (own - own.mean()) + fresh
@@ -212,12 +208,10 @@ def insert_tumour(image: torch.Tensor, label: torch.Tensor, rng: np.random.Rando
     texture_sd, pick = rng.uniform(*SYNTHETIC_TEXTURE), rng.random_sample()
     fields = rng.standard_normal((3, *label.shape[1:])).astype(np.float32)  # outline, texture, voxel noise
     kidney = (label[0] == KIDNEY).numpy()
-    if not kidney.any():
+    found = _kidney_parenchyma(image, kidney)
+    if found is None:
         return image, label
-    x = image[0].numpy()
-    parenchyma = _parenchyma(x, kidney)
-    if not parenchyma.any():
-        return image, label
+    x, parenchyma = found
     centre = np.argwhere(parenchyma)[int(pick * np.count_nonzero(parenchyma))]
     radius = share * (3 * np.count_nonzero(kidney) / (4 * np.pi)) ** (1 / 3) * stretch
     reach = np.ceil(1.3 * radius).astype(int) + 2
@@ -257,12 +251,10 @@ def add_viscera(image: torch.Tensor, label: torch.Tensor, rng: np.random.RandomS
     reach_share, smooth_share, share = (rng.uniform(*r) for r in (VISCERA_REACH, VISCERA_SMOOTHNESS, VISCERA_SHARE))
     fields = rng.standard_normal((3, *label.shape[1:])).astype(np.float32)  # blobs, texture, voxel noise
     kidney, organ = (label[0] == KIDNEY).numpy(), (label[0] > 0).numpy()
-    if not kidney.any():
+    found = _kidney_parenchyma(image, kidney)
+    if found is None:
         return image
-    x = image[0].numpy()
-    parenchyma = _parenchyma(x, kidney)
-    if not parenchyma.any():
-        return image
+    x, parenchyma = found
     floor, kidney_level = float(x.min()), float(x[parenchyma].mean())
     height = float(np.percentile(x[kidney], 90)) - floor
     radius = (3 * np.count_nonzero(kidney) / (4 * np.pi)) ** (1 / 3)
@@ -287,6 +279,16 @@ def _smooth_unit(noise: np.ndarray, sigma: float) -> np.ndarray:
     """White noise blurred over ``sigma`` voxels and rescaled to unit SD."""
     smooth = ndimage.gaussian_filter(noise, sigma)
     return smooth / max(float(smooth.std()), 1e-6)
+
+
+def _kidney_parenchyma(image: torch.Tensor, kidney: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(the image's (X, Y, Z) array, the kidney's parenchyma mask), or None where the sample has no kidney or
+    its kidney no parenchyma: the augmentations that draw relative to the kidney then leave the sample as it is."""
+    if not kidney.any():
+        return None
+    x = image[0].numpy()
+    parenchyma = _parenchyma(x, kidney)
+    return (x, parenchyma) if parenchyma.any() else None
 
 
 def _parenchyma(x: np.ndarray, kidney: np.ndarray) -> np.ndarray:
