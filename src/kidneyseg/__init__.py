@@ -3,6 +3,7 @@
 The Python API (imported lazily so that ``import kidneyseg`` stays fast):
 
 * ``segment(ct, model)`` -> Segmentation (``.labels``, ``.save(path)``)
+* ``locate(ct, model)`` -> Localization: stage 1 alone (``.boxes``, the localizer's ``.mask`` at ``.origin``)
 * ``load_model_dir(path)`` -> TwoStageModel
 * ``load_ct(path)``, ``load_label_map(path)``, ``save_label_map(labels, like, path)``
 * ``measure(labels, volume)`` -> CaseReport: volumes per side, tumour sizes, plausibility flags
@@ -15,6 +16,8 @@ from importlib import import_module
 
 _API = {
     "segment": "kidneyseg.inference",
+    "locate": "kidneyseg.inference",
+    "Localization": "kidneyseg.inference",
     "load_model_dir": "kidneyseg.inference",
     "Segmentation": "kidneyseg.inference",
     "TwoStageModel": "kidneyseg.inference",
