@@ -24,7 +24,7 @@ table of all rows scored so far and writes WORK/recipe/table.md.
 
 With ``--stage localizer`` the rows are LOCALIZER_ROWS, each on top of the ``small`` preset's localizer
 as it is (64³, HU window [-79, 304]): stage 1 alone is trained for ``--steps`` steps on the 150
-training CTs and scored on both renderers' 30 validation cases through ``segment`` (the preset's
+training CTs and scored on both renderers' 30 validation cases through ``kidneyseg.locate`` (the preset's
 inference, stage 1 alone): localization recall (the share of each case's true kidney+tumour voxels inside
 the predicted boxes), the number of boxes against the true kidneys, the precision of the localizer's mask at
 full resolution (the share of it that is kidney or tumour) and the volume the boxes cover against the true

@@ -213,7 +213,7 @@ def insert_tumour(image: torch.Tensor, label: torch.Tensor, rng: np.random.Rando
         return image, label
     x, parenchyma = found
     centre = np.argwhere(parenchyma)[int(pick * np.count_nonzero(parenchyma))]
-    radius = share * (3 * np.count_nonzero(kidney) / (4 * np.pi)) ** (1 / 3) * stretch
+    radius = share * _equivalent_radius(kidney) * stretch
     reach = np.ceil(1.3 * radius).astype(int) + 2
     box = tuple(slice(max(0, c - r), min(n, c + r + 1)) for c, r, n in zip(centre, reach, kidney.shape, strict=True))
     grid = np.ogrid[box]
@@ -257,7 +257,7 @@ def add_viscera(image: torch.Tensor, label: torch.Tensor, rng: np.random.RandomS
     x, parenchyma = found
     floor, kidney_level = float(x.min()), float(x[parenchyma].mean())
     height = float(np.percentile(x[kidney], 90)) - floor
-    radius = (3 * np.count_nonzero(kidney) / (4 * np.pi)) ** (1 / 3)
+    radius = _equivalent_radius(kidney)
     near = ndimage.distance_transform_edt(~organ) <= max(1.0, reach_share * radius)
     # Blurred with the kidney and tumour at the floor, so that the fat right against them, brightened by the
     # scan's blur of the kidney, still counts as fat and the tissue can touch the kidney.
@@ -279,6 +279,11 @@ def _smooth_unit(noise: np.ndarray, sigma: float) -> np.ndarray:
     """White noise blurred over ``sigma`` voxels and rescaled to unit SD."""
     smooth = ndimage.gaussian_filter(noise, sigma)
     return smooth / max(float(smooth.std()), 1e-6)
+
+
+def _equivalent_radius(mask: np.ndarray) -> float:
+    """The radius (voxels) of the sphere with as many voxels as ``mask``."""
+    return (3 * np.count_nonzero(mask) / (4 * np.pi)) ** (1 / 3)
 
 
 def _kidney_parenchyma(image: torch.Tensor, kidney: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
