@@ -100,6 +100,7 @@ ROWS = {
                                                              "phase_prob=0.3", "level_reference=true"],
     "Dice + CE, HU [-79, 304], phase 0.3, viscera 0.3": ["pipeline.hu_min=-79", "pipeline.hu_max=304",
                                                          "phase_prob=0.3", "viscera_prob=0.3"],
+    "Dice + CE, HU [-79, 304], viscera 0.3": ["pipeline.hu_min=-79", "pipeline.hu_max=304", "viscera_prob=0.3"],
 }
 # Each localizer row: the settings it changes from the small preset's localizer.
 LOCALIZER_ROWS = {
