@@ -156,7 +156,7 @@ def homogenise_kidney(image: torch.Tensor, label: torch.Tensor, rng: np.random.R
     found = _kidney_parenchyma(image, kidney)
     if found is None:
         return image
-    x, parenchyma = found
+    x, parenchyma, _ = found
     changed = kidney if sinus else parenchyma
     target = float(x[parenchyma].mean()) + shift + _noise_sd(x, label, kidney) * noise[changed]
     return _blend(x, kidney, changed, target)
@@ -180,7 +180,7 @@ def redraw_tumour(image: torch.Tensor, label: torch.Tensor, rng: np.random.Rando
     found = _kidney_parenchyma(image, kidney) if tumour.any() else None
     if found is None:
         return image
-    x, parenchyma = found
+    x, parenchyma, _ = found
     floor, kidney_level, own = float(x.min()), float(x[parenchyma].mean()), x[tumour]
     fresh = _noise_sd(x, label, tumour) * np.sqrt(1.0 - keep**2) * noise[tumour]
     target = kidney_level + level * (kidney_level - floor) + keep * (own - own.mean()) + fresh
@@ -211,7 +211,7 @@ def insert_tumour(image: torch.Tensor, label: torch.Tensor, rng: np.random.Rando
     found = _kidney_parenchyma(image, kidney)
     if found is None:
         return image, label
-    x, parenchyma = found
+    x, parenchyma, _ = found
     centre = np.argwhere(parenchyma)[int(pick * np.count_nonzero(parenchyma))]
     radius = share * _equivalent_radius(kidney) * stretch
     reach = np.ceil(1.3 * radius).astype(int) + 2
@@ -254,9 +254,9 @@ def add_viscera(image: torch.Tensor, label: torch.Tensor, rng: np.random.RandomS
     found = _kidney_parenchyma(image, kidney)
     if found is None:
         return image
-    x, parenchyma = found
+    x, parenchyma, top = found
     floor, kidney_level = float(x.min()), float(x[parenchyma].mean())
-    height = float(np.percentile(x[kidney], 90)) - floor
+    height = top - floor
     radius = _equivalent_radius(kidney)
     near = ndimage.distance_transform_edt(~organ) <= max(1.0, reach_share * radius)
     # Blurred with the kidney and tumour at the floor, so that the fat right against them, brightened by the
@@ -286,23 +286,24 @@ def _equivalent_radius(mask: np.ndarray) -> float:
     return (3 * np.count_nonzero(mask) / (4 * np.pi)) ** (1 / 3)
 
 
-def _kidney_parenchyma(image: torch.Tensor, kidney: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(the image's (X, Y, Z) array, the kidney's parenchyma mask), or None where the sample has no kidney or
-    its kidney no parenchyma: the augmentations that draw relative to the kidney then leave the sample as it is."""
+def _kidney_parenchyma(image: torch.Tensor, kidney: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """(the image's (X, Y, Z) array, the kidney's parenchyma mask, the kidney's 90th percentile), or None where
+    the sample has no kidney or its kidney no parenchyma: the augmentations that draw relative to the kidney then
+    leave the sample as it is."""
     if not kidney.any():
         return None
     x = image[0].numpy()
-    parenchyma = _parenchyma(x, kidney)
-    return (x, parenchyma) if parenchyma.any() else None
+    parenchyma, top = _parenchyma(x, kidney)
+    return (x, parenchyma, top) if parenchyma.any() else None
 
 
-def _parenchyma(x: np.ndarray, kidney: np.ndarray) -> np.ndarray:
-    """Kidney voxels whose blur over one voxel is above PHASE_PARENCHYMA of the way from the input's lowest
+def _parenchyma(x: np.ndarray, kidney: np.ndarray) -> tuple[np.ndarray, float]:
+    """(kidney voxels whose blur over one voxel is above PHASE_PARENCHYMA of the way from the input's lowest
     value (the HU window's floor, where fat and air are) to the kidney's 90th percentile: the parenchyma,
-    not the sinus fat or urine that KiTS labels include."""
-    floor = float(x.min())
+    not the sinus fat or urine that KiTS labels include; that percentile)."""
+    floor, top = float(x.min()), float(np.percentile(x[kidney], 90))
     smooth = ndimage.gaussian_filter(x, 1.0)  # decides which voxels are parenchyma without speckle from noise
-    return kidney & (smooth > floor + PHASE_PARENCHYMA * (float(np.percentile(x[kidney], 90)) - floor))
+    return kidney & (smooth > floor + PHASE_PARENCHYMA * (top - floor)), top
 
 
 def _noise_sd(x: np.ndarray, label: torch.Tensor, fallback: np.ndarray) -> float:
