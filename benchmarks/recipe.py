@@ -229,9 +229,15 @@ def mask_precision(found: Localization, truth: np.ndarray) -> float:
 
 def boxes_ml(boxes: list[Box], image: io.Volume) -> float:
     """The volume of the CT (mL) that the boxes cover, each box counted inside the CT; overlaps count once."""
-    covered = np.zeros(image.shape, bool)
-    for box in boxes:
-        covered[box.inside(image.shape).slices] = True
+    inside = [box.inside(image.shape) for box in boxes]
+    if not inside:
+        return 0.0
+    # A mask over the boxes' joint extent only, not the whole CT.
+    lo = np.min([box.lo for box in inside], axis=0)
+    hi = np.max([box.hi for box in inside], axis=0)
+    covered = np.zeros(hi - lo, bool)
+    for box in inside:
+        covered[box.shifted(tuple(-lo)).slices] = True
     return float(np.count_nonzero(covered) * np.prod(image.spacing_mm) / 1000.0)
 
 
