@@ -15,7 +15,9 @@ the ground-truth boxes of the preset's box rules (probabilities resized, no test
 
 Per row: the mean over seeds of the case-mean Dice, the spread of the seed means (min to max), and
 a bootstrap 95 % interval over cases of the seed-averaged per-case Dice. A row is better than
-another only when the difference is outside both rows' spreads.
+another only when the difference is outside both rows' spreads. Each result records the precision it
+trained in (bf16 where the CPU runs it natively, else fp32: ``small`` asks for bf16), and the table keeps
+the two apart: they differ as seeds do.
 
 Run benchmarks/accuracy.py first (or at least let it render the cases). Each run is stored in
 WORK/recipe/RUN/ (model) and WORK/recipe/RUN.json (scores) and reused when present; two processes
@@ -56,7 +58,7 @@ from kidneyseg.labels import tumor_ml
 from kidneyseg.postprocess import kidney_boxes
 from kidneyseg.training.cache import build_cache, fingerprint
 from kidneyseg.training.fit import fit
-from kidneyseg.weights import build_model, load_model
+from kidneyseg.weights import build_model, load_model, supported_precision
 
 HERE = Path(__file__).resolve().parent
 # Each row: the segmenter settings it changes from the small preset (its loss is Dice + cross-entropy).
@@ -181,7 +183,7 @@ def run(name: str, seed: int, work: Path, out: Path, steps: int, draws: int) -> 
     model = segmenter_only(model_dir)
     scores = {folder: score(work / folder, model) for folder in RENDERERS}
     result = {"row": name, "settings": ROWS[name], "inputs": INPUTS, "seed": seed, "steps": steps,
-              "draws_per_epoch": draws,
+              "draws_per_epoch": draws, "train_precision": trained_precision(stage),
               "threads": torch.get_num_threads(), "train_seconds": train_seconds, "per_case": scores}
     result_path.write_text(json.dumps(result, indent=1))
     return result
@@ -211,10 +213,18 @@ def run_localizer(name: str, seed: int, work: Path, out: Path, steps: int, draws
                 "kidneys": len(true_boxes), "precision": mask_precision(found, truth.array),
                 "box_ml": boxes_ml(found.boxes, image), "true_box_ml": boxes_ml(true_boxes, image)}
     result = {"row": name, "stage": "localizer", "settings": LOCALIZER_ROWS[name], "seed": seed, "steps": steps,
-              "draws_per_epoch": draws, "threads": torch.get_num_threads(), "train_seconds": train_seconds,
+              "draws_per_epoch": draws, "train_precision": trained_precision(stage),
+              "threads": torch.get_num_threads(), "train_seconds": train_seconds,
               "per_case": scores}
     result_path.write_text(json.dumps(result, indent=1))
     return result
+
+
+def trained_precision(stage) -> str:
+    """The precision this machine trains ``stage`` in (fit's rule: bf16 only where the CPU runs it natively),
+    stored with each result: bf16 and fp32 runs of one row differ as much as seeds do, so the table keeps
+    them apart."""
+    return supported_precision(stage.precision, "cpu", "training")
 
 
 def mask_precision(found: Localization, truth: np.ndarray) -> float:
@@ -302,28 +312,29 @@ def markdown(out: Path) -> str:
     runs = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
     # the runs' results only (false_boxes.py keeps its own results in this folder too)
     runs = [r for r in runs if "row" in r and r.get("stage", "segmenter") == "segmenter"]
-    groups: dict[tuple[str, int, int], list[dict]] = {}
+    groups: dict[tuple[str, int, int, str], list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["row"], r["steps"], r.get("inputs", 1)), []).append(r)
+        groups.setdefault((r["row"], r["steps"], r.get("inputs", 1), r.get("train_precision", "?")), []).append(r)
     header = " | ".join(f"{RENDERERS[f]}: {'kidney+tumour' if g == 'kidney_tumor' else 'tumour'}"
                         for f in RENDERERS for g in REGIONS)
-    lines = [f"| recipe (stage 2, ground-truth boxes) | inputs | steps | seeds | {header} |",
-             "|---|---|---|---|" + "---|" * (len(RENDERERS) * len(REGIONS))]
+    lines = [f"| recipe (stage 2, ground-truth boxes) | inputs | precision | steps | seeds | {header} |",
+             "|---|---|---|---|---|" + "---|" * (len(RENDERERS) * len(REGIONS))]
     order = {name: i for i, name in enumerate(ROWS)}
-    for (name, steps, inputs), group in sorted(groups.items(),
-                                               key=lambda kv: (kv[0][2], kv[0][1], order.get(kv[0][0], 99))):
+    for (name, steps, inputs, precision), group in sorted(
+            groups.items(), key=lambda kv: (kv[0][2], kv[0][3], kv[0][1], order.get(kv[0][0], 99))):
         cells = []
         for folder in RENDERERS:
             for region in REGIONS:
                 s = summarize_row(group, folder, region)
                 cells.append(f"{s['mean']:.3f} ({s['seed_min']:.3f}-{s['seed_max']:.3f}; "
                              f"CI {s['ci_low']:.2f}-{s['ci_high']:.2f})")
-        lines.append(f"| {name} | v{inputs} | {steps} | {len(group)} | {' | '.join(cells)} |")
+        lines.append(f"| {name} | v{inputs} | {precision} | {steps} | {len(group)} | {' | '.join(cells)} |")
     # Wall-clock minutes per run are in each run's JSON (train_seconds) but not here: runs share the
     # machine, so they say nothing about a row's cost; that follows from steps x the step time of
     # benchmarks/train_speed.py, measured on a quiet machine.
     return ("Each cell: mean over seeds (seed means min-max; bootstrap 95 % interval over the 30 cases). Inputs v1:\n"
-            "resize, then rotation of the resized cube; v2: one interpolation (kidneyseg.stage_input).\n\n"
+            "resize, then rotation of the resized cube; v2: one interpolation (kidneyseg.stage_input).\n"
+            "Precision: what the machine trained in (?: not recorded, runs before it was).\n\n"
             + "\n".join(lines) + "\n")
 
 
