@@ -42,6 +42,7 @@ import json
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -223,8 +224,10 @@ def run_localizer(name: str, seed: int, work: Path, out: Path, steps: int, draws
 def trained_precision(stage) -> str:
     """The precision this machine trains ``stage`` in (fit's rule: bf16 only where the CPU runs it natively),
     stored with each result: bf16 and fp32 runs of one row differ as much as seeds do, so the table keeps
-    them apart."""
-    return supported_precision(stage.precision, "cpu", "training")
+    them apart. Silent: fit has already warned where bf16 fell back to fp32."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return supported_precision(stage.precision, "cpu", "training")
 
 
 def mask_precision(found: Localization, truth: np.ndarray) -> float:
