@@ -171,13 +171,14 @@ def main() -> int:
 def run(name: str, seed: int, work: Path, out: Path, steps: int, draws: int) -> dict:
     """Train (row, seed) for ``steps`` steps and score it on both renderers; reuse a stored result."""
     version = "" if INPUTS == 1 else f"-v{INPUTS}"
-    slug = f"{re.sub('[^a-z0-9]+', '-', name.split(':')[0].lower()).strip('-')}-{steps}{version}-s{seed}"
-    result_path = out / f"{slug}.json"
-    if result_path.exists():
-        return json.loads(result_path.read_text())
     small = preset("small")
     stage, pipeline = override_preset(small, "segmenter", [*BASE, *ROWS[name], *INFERENCE,
                                                            *step_budget(seed, steps, draws)])
+    slug = f"{re.sub('[^a-z0-9]+', '-', name.split(':')[0].lower()).strip('-')}-{steps}{version}-s{seed}"
+    slug, stored = stored_result(out, slug, trained_precision(stage))
+    if stored is not None:
+        return stored
+    result_path = out / f"{slug}.json"
     model_dir = out / slug
     train_seconds = train_once(work, model_dir, stage, pipeline)
     # The localizer is never run: segment(..., boxes=) replaces it with the ground-truth boxes.
@@ -192,12 +193,13 @@ def run(name: str, seed: int, work: Path, out: Path, steps: int, draws: int) -> 
 
 def run_localizer(name: str, seed: int, work: Path, out: Path, steps: int, draws: int) -> dict:
     """Train the localizer of (row, seed) for ``steps`` steps and score its boxes on both renderers."""
-    slug = f"localizer-{re.sub('[^a-z0-9]+', '-', name.lower()).strip('-')}-{steps}-s{seed}"
-    result_path = out / f"{slug}.json"
-    if result_path.exists():
-        return json.loads(result_path.read_text())
     small = preset("small")
     stage, pipeline = override_preset(small, "localizer", [*LOCALIZER_ROWS[name], *step_budget(seed, steps, draws)])
+    slug = f"localizer-{re.sub('[^a-z0-9]+', '-', name.lower()).strip('-')}-{steps}-s{seed}"
+    slug, stored = stored_result(out, slug, trained_precision(stage))
+    if stored is not None:
+        return stored
+    result_path = out / f"{slug}.json"
     model_dir = out / slug
     train_seconds = train_once(work, model_dir, stage, pipeline)
     net, trained, _ = load_model(model_dir / "localizer" / "best.safetensors")
@@ -219,6 +221,22 @@ def run_localizer(name: str, seed: int, work: Path, out: Path, steps: int, draws
               "per_case": scores}
     result_path.write_text(json.dumps(result, indent=1))
     return result
+
+
+def stored_result(out: Path, slug: str, precision: str) -> tuple[str, dict | None]:
+    """Where (row, steps, seed) trained in ``precision`` keeps its result, and that result if stored.
+
+    A row's first result is ``OUT/SLUG.json`` whatever its precision; a run in another precision (the
+    same work folder on a machine with or without native bf16) goes to ``OUT/SLUG-PRECISION.json``
+    instead of reusing it. Results from before the precision was recorded count as ``precision``'s."""
+    for candidate in (slug, f"{slug}-{precision}"):
+        path = out / f"{candidate}.json"
+        if not path.exists():
+            return candidate, None
+        stored = json.loads(path.read_text())
+        if stored.get("train_precision", precision) == precision:
+            return candidate, stored
+    raise RuntimeError(f"{path}: a {stored['train_precision']} result under the slug kept for {precision}")
 
 
 def trained_precision(stage) -> str:
