@@ -175,7 +175,8 @@ def run(name: str, seed: int, work: Path, out: Path, steps: int, draws: int) -> 
     stage, pipeline = override_preset(small, "segmenter", [*BASE, *ROWS[name], *INFERENCE,
                                                            *step_budget(seed, steps, draws)])
     slug = f"{re.sub('[^a-z0-9]+', '-', name.split(':')[0].lower()).strip('-')}-{steps}{version}-s{seed}"
-    slug, stored = stored_result(out, slug, trained_precision(stage))
+    precision = trained_precision(stage)
+    slug, stored = stored_result(out, slug, precision)
     if stored is not None:
         return stored
     result_path = out / f"{slug}.json"
@@ -185,7 +186,7 @@ def run(name: str, seed: int, work: Path, out: Path, steps: int, draws: int) -> 
     model = segmenter_only(model_dir)
     scores = {folder: score(work / folder, model) for folder in RENDERERS}
     result = {"row": name, "settings": ROWS[name], "inputs": INPUTS, "seed": seed, "steps": steps,
-              "draws_per_epoch": draws, "train_precision": trained_precision(stage),
+              "draws_per_epoch": draws, "train_precision": precision,
               "threads": torch.get_num_threads(), "train_seconds": train_seconds, "per_case": scores}
     result_path.write_text(json.dumps(result, indent=1))
     return result
@@ -196,7 +197,8 @@ def run_localizer(name: str, seed: int, work: Path, out: Path, steps: int, draws
     small = preset("small")
     stage, pipeline = override_preset(small, "localizer", [*LOCALIZER_ROWS[name], *step_budget(seed, steps, draws)])
     slug = f"localizer-{re.sub('[^a-z0-9]+', '-', name.lower()).strip('-')}-{steps}-s{seed}"
-    slug, stored = stored_result(out, slug, trained_precision(stage))
+    precision = trained_precision(stage)
+    slug, stored = stored_result(out, slug, precision)
     if stored is not None:
         return stored
     result_path = out / f"{slug}.json"
@@ -216,7 +218,7 @@ def run_localizer(name: str, seed: int, work: Path, out: Path, steps: int, draws
                 "kidneys": len(true_boxes), "precision": mask_precision(found, truth.array),
                 "box_ml": boxes_ml(found.boxes, image), "true_box_ml": boxes_ml(true_boxes, image)}
     result = {"row": name, "stage": "localizer", "settings": LOCALIZER_ROWS[name], "seed": seed, "steps": steps,
-              "draws_per_epoch": draws, "train_precision": trained_precision(stage),
+              "draws_per_epoch": draws, "train_precision": precision,
               "threads": torch.get_num_threads(), "train_seconds": train_seconds,
               "per_case": scores}
     result_path.write_text(json.dumps(result, indent=1))
@@ -242,7 +244,7 @@ def stored_result(out: Path, slug: str, precision: str) -> tuple[str, dict | Non
 def trained_precision(stage) -> str:
     """The precision this machine trains ``stage`` in (fit's rule: bf16 only where the CPU runs it natively),
     stored with each result: bf16 and fp32 runs of one row differ as much as seeds do, so the table keeps
-    them apart. Silent: fit has already warned where bf16 fell back to fp32."""
+    them apart. Silent: fit itself warns where bf16 falls back to fp32."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return supported_precision(stage.precision, "cpu", "training")
