@@ -170,17 +170,13 @@ def main() -> int:
 
 def run(name: str, seed: int, work: Path, out: Path, steps: int, draws: int) -> dict:
     """Train (row, seed) for ``steps`` steps and score it on both renderers; reuse a stored result."""
-    version = "" if INPUTS == 1 else f"-v{INPUTS}"
     small = preset("small")
     stage, pipeline = override_preset(small, "segmenter", [*BASE, *ROWS[name], *INFERENCE,
                                                            *step_budget(seed, steps, draws)])
-    slug = f"{re.sub('[^a-z0-9]+', '-', name.split(':')[0].lower()).strip('-')}-{steps}{version}-s{seed}"
-    precision = trained_precision(stage)
-    slug, stored = stored_result(out, slug, precision)
+    model_dir, precision, stored = run_slot(out, name.split(":")[0], steps, seed, stage,
+                                            "" if INPUTS == 1 else f"-v{INPUTS}")
     if stored is not None:
         return stored
-    result_path = out / f"{slug}.json"
-    model_dir = out / slug
     train_seconds = train_once(work, model_dir, stage, pipeline)
     # The localizer is never run: segment(..., boxes=) replaces it with the ground-truth boxes.
     model = segmenter_only(model_dir)
@@ -188,7 +184,7 @@ def run(name: str, seed: int, work: Path, out: Path, steps: int, draws: int) -> 
     result = {"row": name, "settings": ROWS[name], "inputs": INPUTS, "seed": seed, "steps": steps,
               "draws_per_epoch": draws, "train_precision": precision,
               "threads": torch.get_num_threads(), "train_seconds": train_seconds, "per_case": scores}
-    result_path.write_text(json.dumps(result, indent=1))
+    (out / f"{model_dir.name}.json").write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -196,13 +192,9 @@ def run_localizer(name: str, seed: int, work: Path, out: Path, steps: int, draws
     """Train the localizer of (row, seed) for ``steps`` steps and score its boxes on both renderers."""
     small = preset("small")
     stage, pipeline = override_preset(small, "localizer", [*LOCALIZER_ROWS[name], *step_budget(seed, steps, draws)])
-    slug = f"localizer-{re.sub('[^a-z0-9]+', '-', name.lower()).strip('-')}-{steps}-s{seed}"
-    precision = trained_precision(stage)
-    slug, stored = stored_result(out, slug, precision)
+    model_dir, precision, stored = run_slot(out, f"localizer {name}", steps, seed, stage)
     if stored is not None:
         return stored
-    result_path = out / f"{slug}.json"
-    model_dir = out / slug
     train_seconds = train_once(work, model_dir, stage, pipeline)
     net, trained, _ = load_model(model_dir / "localizer" / "best.safetensors")
     model = TwoStageModel(net, trained, build_model(small.segmenter), small.segmenter, pipeline)
@@ -221,8 +213,17 @@ def run_localizer(name: str, seed: int, work: Path, out: Path, steps: int, draws
               "draws_per_epoch": draws, "train_precision": precision,
               "threads": torch.get_num_threads(), "train_seconds": train_seconds,
               "per_case": scores}
-    result_path.write_text(json.dumps(result, indent=1))
+    (out / f"{model_dir.name}.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def run_slot(out: Path, row: str, steps: int, seed: int, stage, suffix: str = "") -> tuple[Path, str, dict | None]:
+    """Where (row, steps, seed) keeps its run: the run folder OUT/SLUG (its scores in OUT/SLUG.json), the
+    precision it trains in on this machine, and its stored result (None: not run yet)."""
+    slug = f"{re.sub('[^a-z0-9]+', '-', row.lower()).strip('-')}-{steps}{suffix}-s{seed}"
+    precision = trained_precision(stage)
+    slug, stored = stored_result(out, slug, precision)
+    return out / slug, precision, stored
 
 
 def stored_result(out: Path, slug: str, precision: str) -> tuple[str, dict | None]:
