@@ -7,7 +7,8 @@ row; a whole model directory serves as either): the localizer of one and the seg
 model, with the localizer run's pipeline settings and no test-time flips. For each renderer's 30 validation
 cases (WORK/validation and WORK/independent of benchmarks/accuracy.py) it predicts every case through
 ``segment`` without refinement and with ``--rounds`` rounds, and prints the mean kidney+tumour and tumour
-Dice and the localization recall of each, then the cases where the two differ by more than 0.01.
+Dice, the localization recall and the median volume labelled outside the true kidney+tumour of each, then the
+cases where the two differ by more than 0.01 (the JSON has, per case, also the number of boxes and the volumes).
 ``--rounds 0`` scores the pipeline without refinement alone: the whole pipeline of any localizer run with any
 stage 2. ``--drop-open-boxes`` adds a third pipeline: ``--rounds`` rounds and ``pipeline.drop_open_boxes`` (a box
 whose labels still run into one of its faces is dropped), compared with the first in the same way.
@@ -41,6 +42,15 @@ def combined(localizer_run: Path, segmenter_run: Path) -> TwoStageModel:
     return TwoStageModel(loc_net, loc_stage, seg_net, seg_stage, replace(pipeline, tta_flips=False))
 
 
+def labelled_ml(labels: np.ndarray, truth: np.ndarray, spacing_mm) -> dict[str, float]:
+    """The volume (mL) labelled kidney or tumour, and the part of it outside the true kidney+tumour: what a
+    localizer's false or overgrown boxes cost once stage 2 has labelled them."""
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    found = labels > 0
+    return {"labelled_ml": float(np.count_nonzero(found)) * voxel_ml,
+            "false_ml": float(np.count_nonzero(found & (truth == 0))) * voxel_ml}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("localizer_run", type=Path)
@@ -68,12 +78,16 @@ def main(argv: list[str] | None = None) -> int:
             for name, model in models.items():
                 result = segment(image, model)
                 scores[name][case.case_id] = {**case_scores(result.labels, truth.array),
-                                              "recall": box_recall(truth.array > 0, result.boxes)}
+                                              "recall": box_recall(truth.array > 0, result.boxes),
+                                              "boxes": len(result.boxes),
+                                              **labelled_ml(result.labels, truth.array, image.spacing_mm)}
         results[folder] = scores
         print(f"{renderer}:")
         for name, per_case in scores.items():
             means = [np.mean([s[key] for s in per_case.values()]) for key in ("kidney_tumor", "tumor", "recall")]
-            print(f"  {name}: kidney+tumour {means[0]:.3f}, tumour {means[1]:.3f}, recall {means[2]:.3f}")
+            spill = np.median([s["false_ml"] for s in per_case.values()])
+            print(f"  {name}: kidney+tumour {means[0]:.3f}, tumour {means[1]:.3f}, recall {means[2]:.3f}, "
+                  f"labelled outside the truth: median {spill:.0f} mL per case")
         plain, *others = scores.items()
         for name, per_case in others:
             for case_id, a in plain[1].items():
