@@ -60,6 +60,13 @@ def test_empty_crops_are_a_segmenter_share_below_one(bad):
     assert override(preset("tiny").segmenter, ["empty_fraction=0.1"]).empty_fraction == 0.1
 
 
+@pytest.mark.parametrize("bad", ["phase_texture=0.2,0.1", "phase_texture=-0.1,0.2", "phase_texture=0.2"])
+def test_phase_texture_must_be_a_range_from_zero(bad):
+    with pytest.raises(UsageError, match="phase_texture"):
+        override(preset("tiny").segmenter, [bad])
+    assert override(preset("tiny").segmenter, ["phase_texture=0,0.2"]).phase_texture == (0.0, 0.2)
+
+
 @pytest.mark.parametrize("bad", ["phase_offset=0.3,-0.1", "phase_offset=0.1", "phase_offset=0,0.1,0.2"])
 def test_phase_offset_must_be_a_range(bad):
     with pytest.raises(UsageError, match="phase_offset"):

@@ -214,6 +214,30 @@ def test_phase_augmentation_flattens_the_kidney_pattern_and_keeps_the_rest():
     assert torch.equal(filled[label != 1], image[label != 1])
 
 
+def test_phase_texture_gives_the_flat_kidney_smooth_uneven_enhancement():
+    """With phase_texture the nephrographic kidney varies smoothly around its level (an SD drawn from the range,
+    on a scale of voxels, not voxel noise); without it the draws and the image are those of the flat kidney."""
+    label = torch.zeros(1, 40, 40, 40, dtype=torch.int64)
+    label[0, 4:36, 4:36, 4:36] = 1
+    stripes = (torch.arange(40) // 4 % 2).float() * 2
+    image = torch.where(label == 1, stripes[None, :, None, None], torch.full_like(label, -2, dtype=torch.float32))
+    image = image + 0.05 * torch.randn(1, 40, 40, 40, generator=torch.Generator().manual_seed(0))
+    inner = torch.zeros_like(label, dtype=torch.bool)
+    inner[0, 10:30, 10:30, 10:30] = True
+
+    def smooth_sd(x: torch.Tensor) -> float:  # the SD left after blurring over 2 voxels: slow variation only
+        return float(ndimage.gaussian_filter(x[0].numpy(), 2.0)[inner[0].numpy()].std())
+
+    flat = homogenise_kidney(image.clone(), label, np.random.RandomState(5))
+    assert torch.equal(homogenise_kidney(image.clone(), label, np.random.RandomState(5), texture=(0.0, 0.0)), flat)
+    uneven = homogenise_kidney(image.clone(), label, np.random.RandomState(5), texture=(0.3, 0.3))
+    assert smooth_sd(flat) < 0.03  # flat: the voxel noise blurs away
+    assert 0.1 < smooth_sd(uneven) < 0.3  # a field of SD 0.3 over about 2.5 voxels, a little blurred
+    assert abs(uneven[inner].mean() - flat[inner].mean()) < 0.15  # around the same level (a smooth field's mean varies)
+    assert torch.equal(uneven[label == 0], image[label == 0])
+    assert torch.equal(uneven, homogenise_kidney(image.clone(), label, np.random.RandomState(5), texture=(0.3, 0.3)))
+
+
 def test_tumour_look_moves_the_tumour_relative_to_the_kidney_and_keeps_the_rest():
     """A bright, strongly textured tumour beside a kidney of level 1 over a background at -2: the tumour's
     new mean is the parenchyma's plus the drawn share of its height above the floor, it keeps the drawn

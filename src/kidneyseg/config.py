@@ -93,6 +93,11 @@ class StageConfig:
     # lower first value also draws kidneys dimmer than their tumours, as weaker or later enhancement shows them
     # ((-0.6, 0.3) did worse on both renderers in the recipe proxy: README)
     phase_offset: tuple[float, float] = (-0.1, 0.3)
+    # the SD of a smooth field (over about 3 mm) added to the nephrographic kidney, drawn uniformly from this
+    # range (normalised units, about 100 HU each): parenchyma that enhances unevenly, as the independent renderer's
+    # kidneys do (3 mm-smoothed SD 11-21 HU there, against 7-36 HU for the training renderer's tumours, which a
+    # perfectly flat kidney teaches to be the tumour's texture); (0, 0): flat, only the voxel noise (the default)
+    phase_texture: tuple[float, float] = (0.0, 0.0)
     # chance that a nephrographic look also fills the sinus fat and urine inside label 1 with the parenchyma's level
     # (a kidney label without a darker hilum); 0: the sinus stays as drawn
     phase_sinus_prob: float = 0.0
@@ -127,6 +132,7 @@ class StageConfig:
         object.__setattr__(self, "input_size", tuple(int(n) for n in self.input_size))
         object.__setattr__(self, "class_weights", tuple(float(w) for w in self.class_weights))
         object.__setattr__(self, "phase_offset", tuple(float(v) for v in self.phase_offset))
+        object.__setattr__(self, "phase_texture", tuple(float(v) for v in self.phase_texture))
         _check(self.stage in STAGES, f"stage must be one of {STAGES}")
         _check(len(self.input_size) == 3, "input_size has 3 values")
         divisor = 2 ** (self.network.levels - 1)
@@ -152,6 +158,8 @@ class StageConfig:
                and 0 <= self.scale_range < 1, "augmentation (0 <= scale_range < 1)")
         _check(len(self.phase_offset) == 2 and self.phase_offset[0] <= self.phase_offset[1],
                "phase_offset is two values, the first at most the second")
+        _check(len(self.phase_texture) == 2 and 0 <= self.phase_texture[0] <= self.phase_texture[1],
+               "phase_texture is two values, 0 <= the first <= the second")
         _check(all(0 <= p <= 1 for p in (self.tumor_fraction, self.intensity_prob, self.texture_prob,
                                           self.phase_prob, self.phase_sinus_prob, self.tumor_look_prob,
                                           self.synthetic_tumor_prob, self.cut_box_prob, self.viscera_prob)),

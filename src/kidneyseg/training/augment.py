@@ -38,6 +38,9 @@ from kidneyseg.stage_input import Warp
 # Parenchyma threshold: with the HU window [-79, 304] and a cortex near 200 HU, about 20 HU, above urine
 # and sinus fat and below the medulla of the late-arterial phase (65-125 HU).
 PHASE_PARENCHYMA = 0.35
+# The smoothing (voxels) of the nephrographic kidney's uneven enhancement (StageConfig.phase_texture): about 3 mm
+# in the segmenter's 96³ input over a kidney's box, the scale of the independent renderer's parenchyma field.
+PHASE_TEXTURE_SIGMA = 2.5
 # A redrawn tumour's level: the parenchyma's mean plus this share of its height above the input's floor (with
 # the HU window [-79, 304] and a 160 HU kidney: about -7 to 190 HU, from a fluid-like core through hypo-enhancing
 # papillary tumours to a clear-cell tumour a little brighter than the kidney), and the share of its own texture
@@ -136,16 +139,18 @@ def augment_intensity(transform: Compose, image: torch.Tensor, rng: np.random.Ra
 
 
 def homogenise_kidney(image: torch.Tensor, label: torch.Tensor, rng: np.random.RandomState,
-                      sinus: bool = False, offset: tuple[float, float] = StageConfig.phase_offset) -> torch.Tensor:
+                      sinus: bool = False, offset: tuple[float, float] = StageConfig.phase_offset,
+                      texture: tuple[float, float] = StageConfig.phase_texture) -> torch.Tensor:
     """The kidney (label 1) as it looks in the nephrographic phase, when cortex and medulla enhance alike.
 
     The parenchyma (``_parenchyma``: not the sinus fat or urine that KiTS labels include) becomes its mean,
     moved by an offset drawn uniformly from ``offset`` (StageConfig.phase_offset), plus fresh noise of the
-    image's own level (``_noise_sd``); blended by the kidney mask blurred over one voxel, so that the
-    kidney's outline stays as soft as the scan made it. With ``sinus`` every label-1 voxel does, the sinus
-    fat and urine too: a kidney whose label holds no darker hilum (label maps that leave the hilum out, or
-    a scan that shows none), which would
-    otherwise be told from a tumour by that alone. Tumour (label 2) and everything else are untouched.
+    image's own level (``_noise_sd``) and, where ``texture`` (StageConfig.phase_texture) is not (0, 0), a
+    field smoothed over PHASE_TEXTURE_SIGMA voxels with an SD drawn uniformly from it; blended by the kidney
+    mask blurred over one voxel, so that the kidney's outline stays as soft as the scan made it. With
+    ``sinus`` every label-1 voxel does, the sinus fat and urine too: a kidney whose label holds no darker
+    hilum (label maps that leave the hilum out, or a scan that shows none), which would otherwise be told
+    from a tumour by that alone. Tumour (label 2) and everything else are untouched.
     Without it, a renderer of the late-arterial phase (or KiTS19's late-arterial scans) teaches that a
     kidney without the pattern is tumour. The localizer's samples keep kidney and tumour apart until they
     are drawn, so that there too only the kidney is flattened.
@@ -159,6 +164,9 @@ def homogenise_kidney(image: torch.Tensor, label: torch.Tensor, rng: np.random.R
     x, parenchyma, _ = found
     changed = kidney if sinus else parenchyma
     target = float(x[parenchyma].mean()) + shift + _noise_sd(x, label, kidney) * noise[changed]
+    if texture[1] > 0:  # drawn only when asked, so that a flat kidney's draws stay as they were
+        field = _smooth_unit(rng.standard_normal(kidney.shape).astype(np.float32), PHASE_TEXTURE_SIGMA)
+        target = target + rng.uniform(*texture) * field[changed]
     return _blend(x, kidney, changed, target)
 
 

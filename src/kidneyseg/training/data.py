@@ -50,7 +50,8 @@ def load_sample(sample: Sample, stage: StageConfig, rng: np.random.RandomState |
         raise InvalidInputError(f"cached sample of case {sample.case_id} is unreadable ({exc})", sample.image) from exc
     if rng is not None and stage.phase_prob and rng.random_sample() < stage.phase_prob:
         sinus = bool(stage.phase_sinus_prob) and rng.random_sample() < stage.phase_sinus_prob
-        image = homogenise_kidney(image, label, rng, sinus=sinus, offset=stage.phase_offset)
+        image = homogenise_kidney(image, label, rng, sinus=sinus, offset=stage.phase_offset,
+                                  texture=stage.phase_texture)
     if rng is not None and stage.tumor_look_prob and rng.random_sample() < stage.tumor_look_prob:
         image = redraw_tumour(image, label, rng)
     if (rng is not None and stage.stage == "segmenter" and stage.synthetic_tumor_prob
