@@ -13,8 +13,14 @@ window applied inside the true kidney+tumour voxels only, each case its own wind
 for any model that tells tumour from kidney by level, not by shape). A low value means the
 phantoms' tumours look like their kidneys.
 
+With ``--texture`` it prints instead how kidney and tumour look: per case the median HU of each and the SD of the CT
+smoothed over TEXTURE_MM inside each (slow variation such as the corticomedullary pattern or uneven enhancement,
+without the voxel noise), both inside the label eroded by two voxels; then the medians and ranges over the cases.
+Two renderers whose kidneys differ there teach a model different things about what a tumour looks like.
+
     python benchmarks/phantom_difficulty.py                     # 10 cases from ../shared/data
     python benchmarks/phantom_difficulty.py --images synth-out  # cases already written to a folder
+    python benchmarks/phantom_difficulty.py --images DIR --cases 30 --texture
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from kidneyseg.io import load_ct, load_label_map
 from kidneyseg.io.layout import kits_cases
@@ -36,6 +43,7 @@ BOUNDS = {"kidney+tumour": 0.5, "tumour": 0.35}
 HU_MIN, HU_MAX = -1024, 3071
 WINDOW_LO, WINDOW_HI, WINDOW_STEP = -200, 600, 5
 SLAB = 32
+TEXTURE_MM = 3.0  # Gaussian sigma of --texture's smoothing
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,6 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--images", type=Path, help="read phantoms (imaging.nii.gz + segmentation.nii.gz) from here")
     parser.add_argument("--cases", type=int, default=10, help="number of cases, spread evenly over the ids")
     parser.add_argument("--seed", type=int, default=0, help="seed of the rendered phantoms")
+    parser.add_argument("--texture", action="store_true",
+                        help="print the level and slow texture of kidney and tumour instead of the window search")
     return parser.parse_args(argv)
 
 
@@ -84,17 +94,18 @@ def window_dice(all_counts: np.ndarray, target_counts: np.ndarray) -> np.ndarray
 
 
 def phantom_cases(args: argparse.Namespace):
-    """(case id, CT (X, Y, Z) HU, labels (X, Y, Z)) per case, rendered or read."""
+    """(case id, CT (X, Y, Z) HU, labels (X, Y, Z), spacing (mm)) per case, rendered or read."""
     if args.images is not None:
         for case in pick(kits_cases(args.images), args.cases):
-            yield case.case_id, load_ct(case.image).array, load_label_map(case.label).array
+            labels = load_label_map(case.label)
+            yield case.case_id, load_ct(case.image).array, labels.array, labels.spacing_mm
         return
     subtypes = read_subtypes(args.labels)
     for case in pick(kits_cases(args.labels, need_images=False), args.cases):
         volume = load_label_map(case.label)
         rng = label_case_rng(args.seed, case.case_id)
         yield case.case_id, render_around_labels(volume.array, volume.spacing_mm, rng,
-                                                 subtypes.get(case.case_id)), volume.array
+                                                 subtypes.get(case.case_id)), volume.array, volume.spacing_mm
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,11 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.images is None and not args.labels.is_dir():
         print(f"no label maps at {args.labels}; pass --labels or --images")
         return 2
+    if args.texture:
+        return texture_report(args)
     grids: dict[str, list[np.ndarray]] = {name: [] for name in BOUNDS}
     inside: list[float] = []
     edges = np.arange(WINDOW_LO, WINDOW_HI + 1, WINDOW_STEP)
     start = time.perf_counter()
-    for case_id, ct, labels in phantom_cases(args):
+    for case_id, ct, labels, _ in phantom_cases(args):
         counts = histograms(ct, labels)
         line = [f"{case_id} {tuple(ct.shape)}"]
         for row, name in enumerate(BOUNDS, start=1):
@@ -124,6 +137,49 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tumour inside the true kidney+tumour outline, each case its own window: mean Dice "
               f"{np.mean(inside):.3f} over {len(inside)} cases with a tumour")
     return report(grids, edges)
+
+
+def texture(ct: np.ndarray, labels: np.ndarray, spacing_mm) -> dict[str, tuple[float, float]]:
+    """Per class present (kidney 1, tumour 2): (median HU, SD of the CT smoothed over TEXTURE_MM), inside the
+    label eroded by two voxels (away from the outline's partial volume). The smoothing is a normalised
+    convolution within the class (the blur of its HU over the blur of its mask), so that no other tissue
+    leaks in across the outline; it runs over the labels' bounding box with room for the filter."""
+    found = ndimage.find_objects((labels > 0).astype(np.uint8))
+    if not found:
+        return {}
+    sigma = [TEXTURE_MM / s for s in spacing_mm]
+    room = [int(np.ceil(3 * s)) for s in sigma]
+    box = tuple(slice(max(0, sl.start - r), sl.stop + r) for sl, r in zip(found[0], room, strict=True))
+    hu, lab = ct[box].astype(np.float32), labels[box]
+    out = {}
+    for name, value in (("kidney", 1), ("tumour", 2)):
+        mask = (lab == value).astype(np.float32)
+        inner = ndimage.binary_erosion(mask > 0, iterations=2)
+        if inner.any():
+            smooth = ndimage.gaussian_filter(hu * mask, sigma)[inner] / ndimage.gaussian_filter(mask, sigma)[inner]
+            out[name] = (float(np.median(hu[inner])), float(smooth.std()))
+    return out
+
+
+def texture_report(args: argparse.Namespace) -> int:
+    """Print ``texture`` per case, then its medians and ranges over the cases."""
+    rows = []
+    for case_id, ct, labels, spacing in phantom_cases(args):
+        found = texture(ct, labels, spacing)
+        print(case_id, "  ".join(f"{name} {hu:.0f} HU, smoothed SD {sd:.1f}" for name, (hu, sd) in found.items()),
+              flush=True)
+        if len(found) == 2:
+            rows.append([*found["kidney"], *found["tumour"]])
+    if not rows:
+        print("no case with both kidney and tumour")
+        return 0
+    table = np.array(rows)
+    for column, what in enumerate(("kidney median HU", f"kidney SD smoothed over {TEXTURE_MM:g} mm",
+                                   "tumour median HU", f"tumour SD smoothed over {TEXTURE_MM:g} mm")):
+        values = table[:, column]
+        print(f"{what}: median {np.median(values):.1f} ({values.min():.1f}-{values.max():.1f})")
+    print(f"tumour darker than its kidney in {int(np.sum(table[:, 2] < table[:, 0]))} of {len(table)} cases")
+    return 0
 
 
 def best_inside_outline(counts: np.ndarray) -> float:
