@@ -96,8 +96,8 @@ class StageConfig:
     # the SD of a smooth field (over about 3 mm) added to the nephrographic kidney, drawn uniformly from this
     # range (normalised units, about 100 HU each): parenchyma that enhances unevenly, as the independent renderer's
     # kidneys do (SD 6.7-9.4 HU after smoothing over 3 mm, `benchmarks/phantom_difficulty.py --texture`; the
-    # training renderer's tumours 3.7-49 HU, its flattened kidneys about 1 HU: a perfectly flat kidney teaches that
-    # any slow variation is tumour); (0, 0): flat, only the voxel noise (the default)
+    # training renderer's tumours 3.7-49 HU, its flattened kidneys only voxel noise, which that blur removes: a
+    # flat kidney teaches that any slow variation is tumour); (0, 0): flat, only the voxel noise (the default)
     phase_texture: tuple[float, float] = (0.0, 0.0)
     # chance that a nephrographic look also fills the sinus fat and urine inside label 1 with the parenchyma's level
     # (a kidney label without a darker hilum); 0: the sinus stays as drawn
