@@ -29,6 +29,7 @@ from scipy import ndimage
 
 from kidneyseg import io
 from kidneyseg.config import pipeline_from_dict, preset
+from kidneyseg.geometry import bounding_box, expand_box
 from kidneyseg.inference import TwoStageModel, load_model_dir, segment
 from kidneyseg.labels import BACKGROUND, KIDNEY, TUMOR
 from kidneyseg.postprocess import kidney_boxes
@@ -54,11 +55,10 @@ def rim(ct: np.ndarray, truth: np.ndarray, predicted: np.ndarray,
     """Where the kidney voxels labelled tumour lie (see the module docstring): counts of false-tumour and
     kidney voxels, each's count on the rim, and the median HU outside the outline next to each's rim voxels."""
     region = truth > 0
-    pad = [int(np.ceil(NEAR_MM / s)) + 1 for s in spacing_mm]
-    found = ndimage.find_objects(region.astype(np.uint8))
-    if not found:
+    if not region.any():
         return {}
-    window = tuple(slice(max(w.start - p, 0), w.stop + p) for w, p in zip(found[0], pad, strict=True))
+    pad = [int(np.ceil(NEAR_MM / s)) + 1 for s in spacing_mm]
+    window = expand_box(bounding_box(region), pad, 0, region.shape).inside(region.shape).slices
     region, labels, hu = region[window], truth[window], ct[window].astype(np.float32)
     depth = ndimage.distance_transform_edt(region, sampling=spacing_mm)
     outside = ~region

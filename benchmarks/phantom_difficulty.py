@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from kidneyseg.geometry import bounding_box, expand_box
 from kidneyseg.io import load_ct, load_label_map
 from kidneyseg.io.layout import kits_cases
 from kidneyseg.synthetic import render_around_labels
@@ -144,12 +145,11 @@ def texture(ct: np.ndarray, labels: np.ndarray, spacing_mm) -> dict[str, tuple[f
     label eroded by two voxels (away from the outline's partial volume). The smoothing is a normalised
     convolution within the class (the blur of its HU over the blur of its mask), so that no other tissue
     leaks in across the outline; it runs over the labels' bounding box with room for the filter."""
-    found = ndimage.find_objects((labels > 0).astype(np.uint8))
-    if not found:
+    if not (labels > 0).any():
         return {}
     sigma = [TEXTURE_MM / s for s in spacing_mm]
     room = [int(np.ceil(3 * s)) for s in sigma]
-    box = tuple(slice(max(0, sl.start - r), sl.stop + r) for sl, r in zip(found[0], room, strict=True))
+    box = expand_box(bounding_box(labels > 0), room, 0, labels.shape).inside(labels.shape).slices
     hu, lab = ct[box].astype(np.float32), labels[box]
     out = {}
     for name, value in (("kidney", 1), ("tumour", 2)):
