@@ -107,6 +107,11 @@ ROWS = {
     "Dice + CE, HU [-79, 304], phase 0.3 uneven, viscera 0.3": ["pipeline.hu_min=-79", "pipeline.hu_max=304",
                                                                 "phase_prob=0.3", "phase_texture=0,0.25",
                                                                 "viscera_prob=0.3"],
+    "Dice + CE, HU [-79, 304], class curves 0.3": ["pipeline.hu_min=-79", "pipeline.hu_max=304",
+                                                   "class_curve_prob=0.3"],
+    "Dice + CE, HU [-79, 304], phase 0.3, viscera 0.3, class curves 0.3": ["pipeline.hu_min=-79",
+                                                                           "pipeline.hu_max=304", "phase_prob=0.3",
+                                                                           "viscera_prob=0.3", "class_curve_prob=0.3"],
 }
 # Each localizer row: the settings it changes from the small preset's localizer.
 LOCALIZER_ROWS = {

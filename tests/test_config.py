@@ -45,9 +45,10 @@ def test_box_settings_outside_their_range_are_usage_errors(bad):
         override(preset("tiny").pipeline, [bad])
 
 
-@pytest.mark.parametrize("bad", ["cut_box_prob=1.5", "cut_box_prob=-0.1"])
-def test_cut_box_chance_outside_zero_to_one_is_a_usage_error(bad):
-    with pytest.raises(UsageError, match="cut_box_prob"):
+@pytest.mark.parametrize("bad", ["cut_box_prob=1.5", "cut_box_prob=-0.1", "class_curve_prob=1.2",
+                                 "class_curve_prob=-0.5"])
+def test_augmentation_chance_outside_zero_to_one_is_a_usage_error(bad):
+    with pytest.raises(UsageError, match=bad.split("=")[0]):
         override(preset("tiny").segmenter, [bad])
 
 

@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from kidneyseg.config import preset
 from kidneyseg.geometry import Box
+from kidneyseg.labels import KIDNEY, TUMOR
 from kidneyseg.training.augment import (
     SYNTHETIC_RADIUS,
     TUMOUR_LEVEL,
@@ -22,6 +23,7 @@ from kidneyseg.training.augment import (
     VISCERA_REACH,
     add_viscera,
     augment_intensity,
+    class_curves,
     homogenise_kidney,
     insert_tumour,
     make_intensity,
@@ -377,19 +379,55 @@ def test_viscera_put_soft_tissue_in_the_fat_near_the_kidney_and_nothing_else_cha
     assert torch.equal(add_viscera(no_fat, label, np.random.RandomState(0)), no_fat)
 
 
-def test_viscera_reach_both_stages_draws(tmp_path):
-    """Through load_sample: with viscera_prob=1 the fat near the kidney changes in both stages' draws, the labels
-    do not; with 0 the draw is the sample as it is."""
+@pytest.mark.parametrize("setting", ["viscera_prob", "class_curve_prob"])
+def test_content_augmentations_reach_both_stages_draws(tmp_path, setting):
+    """Through load_sample: with the chance 1 (soft tissue against the kidney; each class's own intensity curve)
+    the image changes in both stages' draws, the labels do not; with 0 the draw is the sample as it is."""
     label = np.zeros((32, 32, 32), np.uint8)
     label[10:22, 10:22, 10:22] = 1
     sample, image = _kidney_sample(tmp_path, label)
     plain = ["input_size=32,32,32", "flip_prob=0", "rotate_deg=0", "translate_vox=0", "intensity_prob=0"]
     for stage in ("segmenter", "localizer"):
         for prob, differs in ((1, True), (0, False)):
-            out, out_label = load_sample(sample, micro_stage(stage, *plain, f"viscera_prob={prob}"),
+            out, out_label = load_sample(sample, micro_stage(stage, *plain, f"{setting}={prob}"),
                                          np.random.RandomState(1))
             assert torch.equal(out_label[0], torch.from_numpy(label.astype(np.int64)))
             assert (not torch.equal(out[0], torch.from_numpy(image))) is differs
+
+
+def test_class_curves_redraw_each_class_on_its_own_curve_and_keep_the_outlines():
+    """A striped kidney (levels 1 and 1.3) holding a flat tumour (0.5), in fat (-2), with bright 'bone' (3) fixing the
+    image's range: each class's voxels away from the outlines go through one increasing curve of their own (their
+    order kept, the range kept), so that over draws the kidney's stripes flatten or stretch and the tumour ends darker
+    or brighter than the kidney, which one curve for all could never give; the labels are not an input it changes
+    and one random state gives one image."""
+    label = torch.zeros(1, 48, 48, 48, dtype=torch.int64)
+    label[0, 4:44, 4:44, 6:36] = KIDNEY
+    label[0, 8:20, 8:20, 10:22] = TUMOR
+    stripes = (torch.arange(48) // 3 % 2).float() * 0.3
+    image = torch.full((1, 48, 48, 48), -2.0)
+    image[label == KIDNEY] = (1.0 + stripes[None, :, None, None].expand(1, 48, 48, 48))[label == KIDNEY]
+    image[label == TUMOR] = 0.5
+    image[0, :, :, 42:] = 3.0
+    # Beyond the reach of the masks' blur (4 voxels): only the class's own curve.
+    inner = {value: torch.from_numpy(ndimage.binary_erosion((label[0] == value).numpy(), np.ones((3, 3, 3)), 4))
+             for value in (KIDNEY, TUMOR)}
+    kidney_x = image[0][inner[KIDNEY]]
+    contrast, brighter_tumour = [], []
+    for seed in range(20):
+        out = class_curves(image.clone(), label, np.random.RandomState(seed))
+        assert torch.equal(out, class_curves(image.clone(), label, np.random.RandomState(seed)))
+        assert float(out.min()) >= -2.0 - 1e-5 and float(out.max()) <= 3.0 + 1e-5
+        kidney_y = out[0][inner[KIDNEY]]
+        bright, dark = kidney_x > 1.15, kidney_x < 1.15
+        assert float(kidney_y[bright].min()) >= float(kidney_y[dark].max()) - 1e-5  # one increasing curve
+        assert float(kidney_y[bright].std()) < 1e-5 and float(kidney_y[dark].std()) < 1e-5
+        tumour_y = out[0][inner[TUMOR]]
+        assert float(tumour_y.std()) < 1e-5  # a flat class stays flat
+        contrast.append(float(kidney_y[bright].mean() - kidney_y[dark].mean()) / 0.3)
+        brighter_tumour.append(float(tumour_y.mean()) > float(kidney_y.mean()))
+    assert min(contrast) < 0.7 and max(contrast) > 1.3  # the stripes flatten on some draws, stretch on others
+    assert any(brighter_tumour) and not all(brighter_tumour)
 
 
 class _Echo(torch.nn.Module):

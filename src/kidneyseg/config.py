@@ -113,6 +113,10 @@ class StageConfig:
     # becomes smooth blobs of soft tissue (muscle, bowel, duodenum, pancreas: about 10-100 HU for a 180 HU kidney) that
     # may touch it, labelled background (kidneyseg.training.augment.add_viscera); 0: never (the paper)
     viscera_prob: float = 0.0
+    # chance per sample of an intensity curve of its own for each class (background, kidney, tumour): SLAug's
+    # class-level location-scale augmentation (kidneyseg.training.augment.class_curves), which redraws how each class
+    # looks while its shape stays, for renderers, scanners and phases never seen; 0: never (the paper)
+    class_curve_prob: float = 0.0
     # stage 2: chance per sample of a crop box cut short: one or two of its faces moved inwards by 10-40 % of its
     # side (kidneyseg.training.augment.cut_box), so the kidney or its tumour runs into the crop's face, as where the
     # localizer missed part of a large tumour; the network learns to label up to the face, which
@@ -163,9 +167,10 @@ class StageConfig:
                "phase_texture is two values, 0 <= the first <= the second")
         _check(all(0 <= p <= 1 for p in (self.tumor_fraction, self.intensity_prob, self.texture_prob,
                                           self.phase_prob, self.phase_sinus_prob, self.tumor_look_prob,
-                                          self.synthetic_tumor_prob, self.cut_box_prob, self.viscera_prob)),
+                                          self.synthetic_tumor_prob, self.cut_box_prob, self.viscera_prob,
+                                          self.class_curve_prob)),
                "0 <= tumor_fraction, intensity_prob, texture_prob, phase_prob, phase_sinus_prob, tumor_look_prob, "
-               "synthetic_tumor_prob, cut_box_prob, viscera_prob <= 1")
+               "synthetic_tumor_prob, cut_box_prob, viscera_prob, class_curve_prob <= 1")
 
     @property
     def regions(self) -> bool:

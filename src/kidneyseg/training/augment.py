@@ -6,7 +6,8 @@ with ``phase_prob`` > 0 a nephrographic-phase look of the kidney (``homogenise_k
 ``tumor_look_prob`` > 0 another enhancement and texture of the tumour (``redraw_tumour``), and with
 ``synthetic_tumor_prob`` > 0 (stage 2) a tumour of random size, shape and look drawn into the kidney
 (``insert_tumour``), with ``viscera_prob`` > 0 soft tissue in the fat against the kidney (``add_viscera``), and
-with ``cut_box_prob`` > 0 (stage 2) a crop box cut short (``cut_box``).
+with ``cut_box_prob`` > 0 (stage 2) a crop box cut short (``cut_box``), and with ``class_curve_prob`` > 0 each class
+its own random intensity curve (``class_curves``).
 
 Each call draws from a NumPy RandomState the caller passes in, so a draw's augmentation is fixed by
 the generator's seed (kidneyseg.training.data seeds it with (seed, epoch, draw)).
@@ -24,6 +25,7 @@ from monai.transforms import (
     RandAdjustContrast,
     RandGaussianNoise,
     RandGaussianSmooth,
+    RandHistogramShift,
     RandScaleIntensity,
     RandShiftIntensity,
     RandSimulateLowResolution,
@@ -72,6 +74,8 @@ VISCERA_SHARE = (0.2, 0.7)
 VISCERA_FAT = 0.12
 # How far a cut face of a crop box moves inwards, as a share of the box's side.
 CUT_SHARE = (0.1, 0.4)
+# The control points (fewest, most) of each class's intensity curve (class_curves): with fewer the curve bends more.
+CURVE_POINTS = (3, 5)
 
 
 def draw_warp(stage: StageConfig, rng: np.random.RandomState) -> Warp:
@@ -281,6 +285,46 @@ def add_viscera(image: torch.Tensor, label: torch.Tensor, rng: np.random.RandomS
               + _noise_sd(x, label, kidney) * fields[2][tissue])
     # Blended by tissue and organ together: no darker seam is left where the tissue meets the kidney.
     return _blend(x, tissue | organ, tissue, target)
+
+
+def class_curves(image: torch.Tensor, label: torch.Tensor, rng: np.random.RandomState) -> torch.Tensor:
+    """The image with each class (background, kidney, tumour) passed through an intensity curve of its own: the
+    class-level location-scale augmentation of SLAug (Su et al., AAAI 2023), which trains for scanners, phases and
+    renderers never seen by drawing each class's intensities anew while its shape stays.
+
+    Each curve is MONAI's ``RandHistogramShift`` over the image's range (CURVE_POINTS control points: increasing,
+    ends fixed), so a class's level moves against the others' and its texture is flattened or stretched where its
+    curve is flat or steep; a kidney's cortex-medulla pattern may go smooth while its tumour keeps or gains texture,
+    or the tumour may end brighter than the kidney. Applied to the whole image and blended by the class masks
+    blurred over one voxel (weights that sum to one), so that every outline stays as soft as the scan made it.
+    Three curves are drawn whatever the sample holds, so that one random state gives one set of curves. Labels
+    are untouched; a constant image is returned as it is."""
+    x = image[0].numpy()
+    classes = label[0].numpy()
+    low, high = float(x.min()), float(x.max())
+    if high <= low:  # a constant crop: no curve to draw
+        return image
+    curve = RandHistogramShift(num_control_points=CURVE_POINTS, prob=1.0)
+    curve.set_random_state(state=rng)
+
+    def redrawn() -> np.ndarray:
+        # MONAI draws the control points; np.interp applies them (MONAI's own call converts the crop to a tensor
+        # and interpolates there, three times slower on a 96³ crop).
+        curve.randomize()
+        points = [low + (high - low) * np.asarray(p) for p in (curve.reference_control_points,
+                                                               curve.floating_control_points)]
+        return np.interp(x, *points).astype(np.float32)
+
+    # The blurred masks of all classes sum to one everywhere (the blur of a constant), so the background's weight
+    # is what the kidney's and tumour's leave: out = background + sum of weight * (class's curve - background's).
+    background = redrawn()
+    out = background.copy()
+    for value in (KIDNEY, TUMOR):
+        mapped = redrawn()
+        mask = classes == value
+        if mask.any():
+            out += ndimage.gaussian_filter(mask.astype(np.float32), 1.0) * (mapped - background)
+    return torch.from_numpy(out)[None]
 
 
 def _smooth_unit(noise: np.ndarray, sigma: float) -> np.ndarray:

@@ -12,6 +12,7 @@ from kidneyseg.stage_input import IDENTITY, level_shift, stage_image, stage_labe
 from kidneyseg.training.augment import (
     add_viscera,
     augment_intensity,
+    class_curves,
     cut_box,
     draw_warp,
     homogenise_kidney,
@@ -31,7 +32,8 @@ def load_sample(sample: Sample, stage: StageConfig, rng: np.random.RandomState |
     (``cut_box``), then, with chance ``phase_prob``, the kidney's nephrographic look (its
     sinus filled too with chance ``phase_sinus_prob``), with
     chance ``tumor_look_prob`` another tumour look, for the segmenter with chance ``synthetic_tumor_prob`` a
-    synthetic tumour, with chance ``viscera_prob`` soft tissue against the kidney, and ``intensity``
+    synthetic tumour, with chance ``viscera_prob`` soft tissue against the kidney, with chance
+    ``class_curve_prob`` an intensity curve of its own for each class, and ``intensity``
     (kidneyseg.training.augment) from the same generator; without it the sample is returned exactly as
     inference would see its box. With ``level_reference`` the crop's level is shifted by its true kidney and
     tumour, with or without ``rng`` (inference shifts by its first pass's labels instead).
@@ -59,6 +61,8 @@ def load_sample(sample: Sample, stage: StageConfig, rng: np.random.RandomState |
         image, label = insert_tumour(image, label, rng)
     if rng is not None and stage.viscera_prob and rng.random_sample() < stage.viscera_prob:
         image = add_viscera(image, label, rng)
+    if rng is not None and stage.class_curve_prob and rng.random_sample() < stage.class_curve_prob:
+        image = class_curves(image, label, rng)
     if stage.level_reference:  # after every change of the crop's content, before the global intensity changes
         image = image + level_shift(image, label > 0, image_source.window_values())
     if rng is not None and intensity is not None:
