@@ -20,7 +20,8 @@ trained in (bf16 where the CPU runs it natively, else fp32: ``small`` asks for b
 the two apart: they differ as seeds do.
 
 Run benchmarks/accuracy.py first (or at least let it render the cases). Each run is stored in
-WORK/recipe/RUN/ (model) and WORK/recipe/RUN.json (scores) and reused when present; two processes
+WORK/recipe/RUN/ (model) and WORK/recipe/RUN.json (scores) and reused when present (a run stopped
+halfway continues from its last finished epoch); two processes
 with different ``--rows`` or ``--seeds`` and ``--threads 1`` use both cores. Every call prints the
 table of all rows scored so far and writes WORK/recipe/table.md.
 
@@ -293,29 +294,39 @@ def step_budget(seed: int, steps: int, draws: int) -> list[str]:
 
 def train_once(work: Path, model_dir: Path, stage, pipeline) -> float | None:
     """Train ``stage`` into ``model_dir`` on WORK/train unless a finished run of it is there (one that
-    stopped before its scoring); the seconds it took, or None."""
+    stopped before its scoring); the seconds it took, or None. A run of exactly these settings that stopped
+    halfway (killed, or its cache rebuilt under it) continues from its last finished epoch: each draw depends
+    on (seed, epoch, draw) alone and the resume state holds the rest, so the result is an unbroken run's
+    (tests/test_reliability.py checks that for ``kidneyseg train --resume``)."""
     cases = io.layout.kits_cases(work / "train")
     # One cache folder per fingerprint (settings, files, code), so that rows with other HU windows or
     # box rules, run in parallel, never rebuild a cache another row is reading.
     cache = "cache-" + hashlib.sha256(json.dumps(fingerprint(cases, stage, pipeline)).encode()).hexdigest()[:10]
     shared_cache(work, model_dir, cache)
-    if trained_already(model_dir / stage.stage, stage):
+    run_dir = model_dir / stage.stage
+    if trained_already(run_dir, stage):
         return None
+    resume = same_settings(run_dir, stage) and (run_dir / "last_state.pt").exists()
     start = time.perf_counter()
     with open(work / f"{cache}.lock", "w") as lock:  # parallel runs build the shared cache once
         fcntl.flock(lock, fcntl.LOCK_EX)
         build_cache(cases, work / cache / stage.stage, stage, pipeline)
-    fit(work / "train", model_dir, stage, pipeline, overwrite=True)
+    fit(work / "train", model_dir, stage, pipeline, resume=resume, overwrite=not resume)
     return time.perf_counter() - start
+
+
+def same_settings(run_dir: Path, stage) -> bool:
+    """The run folder was started with exactly ``stage``."""
+    config = run_dir / "config.json"
+    return config.exists() and stage_from_dict(json.loads(config.read_text())["stage"]) == stage
 
 
 def trained_already(run_dir: Path, stage) -> bool:
     """The run folder holds a finished run of exactly ``stage``: its settings and all its epochs."""
-    config, log = run_dir / "config.json", run_dir / "log.csv"
-    if not (config.exists() and log.exists() and (run_dir / "best.safetensors").exists()):
+    log = run_dir / "log.csv"
+    if not (same_settings(run_dir, stage) and log.exists() and (run_dir / "best.safetensors").exists()):
         return False
-    same = stage_from_dict(json.loads(config.read_text())["stage"]) == stage
-    return same and len(log.read_text().strip().splitlines()) - 1 == stage.epochs
+    return len(log.read_text().strip().splitlines()) - 1 == stage.epochs
 
 
 def score(folder: Path, model: TwoStageModel) -> dict[str, dict[str, float]]:
