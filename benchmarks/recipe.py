@@ -21,9 +21,9 @@ the two apart: they differ as seeds do.
 
 Run benchmarks/accuracy.py first (or at least let it render the cases). Each run is stored in
 WORK/recipe/RUN/ (model) and WORK/recipe/RUN.json (scores) and reused when present (a run stopped
-halfway continues from its last finished epoch); two processes
-with different ``--rows`` or ``--seeds`` and ``--threads 1`` use both cores. Every call prints the
-table of all rows scored so far and writes WORK/recipe/table.md.
+halfway continues from its last finished epoch); two processes with different ``--rows`` or ``--seeds``
+and ``--threads 1`` use both cores. Every call prints the table of all rows scored so far and writes
+WORK/recipe/table.md.
 
 With ``--stage localizer`` the rows are LOCALIZER_ROWS, each on top of the ``small`` preset's localizer
 as it is (64³, HU window [-79, 304]): stage 1 alone is trained for ``--steps`` steps on the 150
