@@ -1,10 +1,11 @@
 """Box refinement (``pipeline.refine_boxes``) measured on the whole pipeline, with and without it.
 
-    .venv/bin/python benchmarks/box_refinement.py LOCALIZER_RUN SEGMENTER_RUN [--rounds 2] [--out JSON]
+    .venv/bin/python benchmarks/box_refinement.py LOCALIZER_RUN SEGMENTER_RUN [--rounds 2] [--flips] [--out JSON]
 
 LOCALIZER_RUN and SEGMENTER_RUN are run folders of benchmarks/recipe.py (``--stage localizer`` and a stage-2
 row; a whole model directory serves as either): the localizer of one and the segmenter of the other make one
-model, with the localizer run's pipeline settings and no test-time flips. For each renderer's 30 validation
+model, with the localizer run's pipeline settings and no test-time flips (``--flips``: both networks
+averaged over the three axis flips, as the presets predict). For each renderer's 30 validation
 cases (WORK/validation and WORK/independent of benchmarks/accuracy.py) it predicts every case through
 ``segment`` without refinement and with ``--rounds`` rounds, and prints the mean kidney+tumour and tumour
 Dice, the localization recall and the median volume labelled outside the true kidney+tumour of each, then the
@@ -35,11 +36,11 @@ from kidneyseg.weights import load_model
 HERE = Path(__file__).resolve().parent
 
 
-def combined(localizer_run: Path, segmenter_run: Path) -> TwoStageModel:
+def combined(localizer_run: Path, segmenter_run: Path, flips: bool = False) -> TwoStageModel:
     pipeline = pipeline_from_dict(json.loads((localizer_run / "pipeline.json").read_text()))
     loc_net, loc_stage, _ = load_model(localizer_run / "localizer" / "best.safetensors")
     seg_net, seg_stage, _ = load_model(segmenter_run / "segmenter" / "best.safetensors")
-    return TwoStageModel(loc_net, loc_stage, seg_net, seg_stage, replace(pipeline, tta_flips=False))
+    return TwoStageModel(loc_net, loc_stage, seg_net, seg_stage, replace(pipeline, tta_flips=flips))
 
 
 def labelled_ml(labels: np.ndarray, truth: np.ndarray, spacing_mm) -> dict[str, float]:
@@ -60,11 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--drop-open-boxes", action="store_true",
                         help="also score --rounds rounds with pipeline.drop_open_boxes")
+    parser.add_argument("--flips", action="store_true",
+                        help="average both networks over the three axis flips (pipeline.tta_flips, as the presets "
+                        "predict); without it, none")
     parser.add_argument("--out", type=Path, help="write the per-case scores here (JSON)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = combined(args.localizer_run, args.segmenter_run)  # both networks loaded once, shared by the two
+    model = combined(args.localizer_run, args.segmenter_run, args.flips)  # both networks loaded once, shared by the two
     models = {f"refine_boxes={n}": replace(model, pipeline=replace(model.pipeline, refine_boxes=n))
               for n in (0, args.rounds)}
     if args.drop_open_boxes:
