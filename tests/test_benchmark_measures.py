@@ -4,13 +4,16 @@ so that a wrong count in a benchmark cannot pass for a result."""
 from __future__ import annotations
 
 import importlib
+import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from kidneyseg.config import preset, to_dict
 from kidneyseg.geometry import Box
 from kidneyseg.inference import Localization
 from kidneyseg.labels import KIDNEY, TUMOR
@@ -101,3 +104,19 @@ def test_rim_tells_false_tumour_at_the_outline_from_false_tumour_deep_inside(ben
     found = bench.confusion.rim(ct, truth, at_face, (1.0, 1.0, 1.0))
     assert (found["false"], found["false_rim"]) == (200, 200)
     assert found["false_rim_hu"] == pytest.approx(60, abs=0.01)
+
+
+def test_recipe_resumes_only_a_run_of_the_same_settings_and_reuses_only_a_finished_one(bench, tmp_path):
+    stage = replace(preset("tiny").segmenter, epochs=3)
+    run_dir = tmp_path / "segmenter"
+    run_dir.mkdir()
+    assert not bench.recipe.same_settings(run_dir, stage)  # nothing there: a fresh start
+    (run_dir / "config.json").write_text(json.dumps({"stage": to_dict(stage)}))
+    assert bench.recipe.same_settings(run_dir, stage)
+    assert not bench.recipe.same_settings(run_dir, replace(stage, seed=stage.seed + 1))
+    (run_dir / "best.safetensors").write_bytes(b"")
+    (run_dir / "log.csv").write_text("epoch,loss\n1,0.9\n2,0.8\n")
+    assert not bench.recipe.trained_already(run_dir, stage)  # two of three epochs: to be continued
+    (run_dir / "log.csv").write_text("epoch,loss\n1,0.9\n2,0.8\n3,0.7\n")
+    assert bench.recipe.trained_already(run_dir, stage)
+    assert not bench.recipe.trained_already(run_dir, replace(stage, seed=stage.seed + 1))
