@@ -307,22 +307,23 @@ def class_curves(image: torch.Tensor, label: torch.Tensor, rng: np.random.Random
     curve = RandHistogramShift(num_control_points=CURVE_POINTS, prob=1.0)
     curve.set_random_state(state=rng)
 
-    def redrawn() -> np.ndarray:
-        # MONAI draws the control points; np.interp applies them (MONAI's own call converts the crop to a tensor
-        # and interpolates there, three times slower on a 96³ crop).
+    def drawn() -> tuple[np.ndarray, np.ndarray]:
+        """The next curve's control points in the image's units (MONAI draws them)."""
         curve.randomize()
-        points = [low + (high - low) * np.asarray(p) for p in (curve.reference_control_points,
-                                                               curve.floating_control_points)]
-        return np.interp(x, *points).astype(np.float32)
+        return tuple(low + (high - low) * np.asarray(p) for p in (curve.reference_control_points,
+                                                                  curve.floating_control_points))
 
-    # The blurred masks of all classes sum to one everywhere (the blur of a constant), so the background's weight
-    # is what the kidney's and tumour's leave: out = background + sum of weight * (class's curve - background's).
-    background = redrawn()
+    # np.interp applies a curve: MONAI's own call converts the crop to a tensor and interpolates there, three times
+    # slower on a 96³ crop. The blurred masks of all classes sum to one everywhere (the blur of a constant), so the
+    # background's weight is what the kidney's and tumour's leave: out = background + sum of weight * (class's curve
+    # - background's); a class the crop lacks has its curve drawn, not applied.
+    background = np.interp(x, *drawn()).astype(np.float32)
     out = background.copy()
     for value in (KIDNEY, TUMOR):
-        mapped = redrawn()
+        points = drawn()
         mask = classes == value
         if mask.any():
+            mapped = np.interp(x, *points).astype(np.float32)
             out += ndimage.gaussian_filter(mask.astype(np.float32), 1.0) * (mapped - background)
     return torch.from_numpy(out)[None]
 
